@@ -1,0 +1,30 @@
+# `make demo` and `make test` install what they need: Debian packages via
+# scripts/ensure-system.sh (as root), then a virtualenv in .venv.
+
+PY ?= python3
+VENV = .venv
+
+.PHONY: system venv test demo clean
+
+# Cheap when everything is there, so it runs every time.
+system:
+	PY='$(PY)' scripts/ensure-system.sh
+
+venv: $(VENV)/.stamp
+
+# Order-only on `system`: checked first, but never forces a re-install.
+# The stamp re-installs whenever pyproject.toml changes.
+$(VENV)/.stamp: pyproject.toml | system
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -e '.[test]'
+	touch $@
+
+test: venv
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(VENV)/bin/python demo/demo.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

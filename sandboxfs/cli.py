@@ -1,0 +1,114 @@
+"""The command line: argument parsing and exit codes, nothing else.
+
+Exit codes: 0 success, 1 a runtime error (a path, the kernel), 2 a usage
+error (a bad flag or value).  Our errors print as one line without a
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import MappingError, SandboxfsError
+from .mapping import Mapping, parse_mapping_flag
+
+log = logging.getLogger("sandboxfs")
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+
+def _mapping_arg(text: str) -> Mapping:
+    try:
+        return parse_mapping_flag(text)
+    except MappingError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _ttl_arg(text: str) -> float:
+    try:
+        value = float(text[:-1] if text.endswith("s") else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def _add_mount_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "mount",
+        help="mount a sandboxfs and serve it until SIGINT/SIGTERM or fusermount3 -u",
+        description="Mount a sandboxfs at MOUNT_POINT and serve it until SIGINT/SIGTERM "
+        "or an external fusermount3 -u.",
+    )
+    p.add_argument(
+        "--mapping",
+        action="append",
+        type=_mapping_arg,
+        default=[],
+        metavar="TYPE:PATH:UNDERLYING",
+        help="show host path UNDERLYING at PATH inside the mount; TYPE is ro or rw (repeatable)",
+    )
+    p.add_argument("--allow", choices=("self", "other", "root"), default="self",
+                   help="who may use the mount besides the mounting user (default: self)")
+    p.add_argument("--ttl", type=_ttl_arg, default=60.0, metavar="SECONDS",
+                   help="how long the kernel may cache entries and attributes (default: 60)")
+    p.add_argument("--xattrs", action="store_true",
+                   help="pass extended attributes through to the host (default: EOPNOTSUPP)")
+    p.add_argument("--log-level", default="info",
+                   choices=("debug", "info", "warning", "error"), help="default: info")
+    p.add_argument("mount_point", metavar="MOUNT_POINT")
+    p.set_defaults(handler=_cmd_mount)
+
+
+def _cmd_mount(args: argparse.Namespace) -> int:
+    from .mount import MountConfig, run  # pyfuse3 is only needed to mount
+
+    config = MountConfig(
+        mount_point=args.mount_point,
+        mappings=tuple(args.mapping),
+        allow=args.allow,
+        ttl=args.ttl,
+        xattrs=args.xattrs,
+    )
+    return run(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sandboxfs",
+        description="A FUSE filesystem that serves build sandboxes from an in-memory mapping tree.",
+    )
+    parser.add_argument("--version", action="version", version=f"sandboxfs {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_mount_parser(subparsers)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s sandboxfs[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (argparse exits 2 on usage errors)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    _configure_logging(getattr(args, "log_level", "warning"))
+    try:
+        return args.handler(args)
+    except SandboxfsError as exc:
+        print(f"sandboxfs: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE if exc.code == "usage" else EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130

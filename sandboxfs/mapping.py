@@ -1,0 +1,105 @@
+"""The Mapping value: a path inside the mount, the host path behind it, writable or not.
+
+Pure: no I/O here.  A Mapping that exists has been validated, so the tree can
+trust its fields.  Paths are ``bytes`` throughout so that file names that are
+not UTF-8 work; ``str`` input is encoded with ``os.fsencode``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import attrs
+
+from .errors import MappingError
+
+PathLike = str | bytes
+
+
+def display(path: bytes) -> str:
+    """Render a bytes path for messages and logs (undecodable bytes stay visible)."""
+    return os.fsdecode(path)
+
+
+def split_inner_path(path: PathLike) -> tuple[bytes, ...]:
+    """Split and check a path inside the mount (or inside a sandbox).
+
+    Returns its components; ``()`` is the root.  The path must be absolute;
+    one trailing slash is tolerated.  Empty components (``//``), ``.``, ``..``
+    and NUL bytes are refused, because each of them would let two spellings
+    name one node or escape the sandbox.
+    """
+    raw = os.fsencode(path)
+    if not raw.startswith(b"/"):
+        raise MappingError(f"path {display(raw)!r} is not absolute")
+    if b"\0" in raw:
+        raise MappingError(f"path {display(raw)!r} contains a NUL byte")
+    if raw == b"/":
+        return ()
+    body = raw[1:-1] if raw.endswith(b"/") else raw[1:]
+    parts = tuple(body.split(b"/"))
+    for part in parts:
+        if part in (b"", b".", b".."):
+            what = "an empty component" if not part else f"a {part.decode()!r} component"
+            raise MappingError(f"path {display(raw)!r} has {what}")
+    return parts
+
+
+def check_underlying(path: PathLike) -> bytes:
+    """Check a host path: absolute, no NUL; trailing slashes are dropped."""
+    raw = os.fsencode(path)
+    if not raw.startswith(b"/"):
+        raise MappingError(f"underlying path {display(raw)!r} is not absolute")
+    if b"\0" in raw:
+        raise MappingError(f"underlying path {display(raw)!r} contains a NUL byte")
+    stripped = raw.rstrip(b"/")
+    return stripped or b"/"
+
+
+@attrs.frozen(slots=True)
+class Mapping:
+    """One entry of a sandbox: ``path`` (inside it) shows ``underlying`` (on the host).
+
+    Build it with :meth:`Mapping.of`, which validates; the constructor trusts
+    its arguments (the protocol decoder uses it after its own checks).
+    """
+
+    components: tuple[bytes, ...]
+    underlying: bytes
+    writable: bool = False
+
+    @classmethod
+    def of(cls, path: PathLike, underlying: PathLike, writable: bool = False) -> "Mapping":
+        """Validate and build a mapping; raises MappingError naming the bad path."""
+        return cls(split_inner_path(path), check_underlying(underlying), bool(writable))
+
+    @property
+    def path(self) -> bytes:
+        """The path inside the mount or sandbox, as bytes (``b"/"`` for the root)."""
+        return b"/" + b"/".join(self.components)
+
+    def describe(self) -> str:
+        mode = "rw" if self.writable else "ro"
+        return f"{mode}:{display(self.path)}:{display(self.underlying)}"
+
+
+def parse_mapping_flag(text: str) -> Mapping:
+    """Parse ``TYPE:PATH:UNDERLYING`` as given to ``--mapping`` (TYPE is ro or rw).
+
+    The underlying path may itself contain colons; the inner path may not.
+    """
+    fields = text.split(":", 2)
+    if len(fields) != 3:
+        raise MappingError(f"bad mapping {text}: expected three colon-separated fields")
+    kind, path, underlying = fields
+    if kind not in ("ro", "rw"):
+        raise MappingError(f"bad mapping {text}: type was {kind} but should be ro or rw")
+    try:
+        return Mapping.of(path, underlying, kind == "rw")
+    except MappingError as exc:
+        raise MappingError(f"bad mapping {text}: {exc.message}") from None
+
+
+def describe_all(mappings: Iterable[Mapping]) -> str:
+    return ", ".join(m.describe() for m in mappings)

@@ -1,0 +1,414 @@
+"""The pyfuse3 Operations adapter: kernel requests in, tree lookups and host syscalls out.
+
+Each handler is thin: it resolves inode numbers to nodes, checks that a
+modifying request targets a writable mapping, calls the host, and records what
+the kernel now knows.  ``_fuse_op`` is the one error boundary: OSError becomes
+FUSEError with the same errno, an unknown inode number ESTALE, our own bugs
+EIO (logged with a traceback) -- pyfuse3 stops its main loop on any other
+exception, which would wedge every sandbox at once.
+
+Kernel contracts that bite, explained where they are kept:
+* every entry reply (lookup, create, mkdir, mknod, symlink, link, and each
+  readdirplus entry the kernel accepts) counts one lookup; ``forget`` gives
+  them back (``inodes.InodeTable``);
+* a lookup of a missing name answers inode 0 with a timeout, so the kernel
+  caches the miss (compilers probe dozens of include directories per header);
+* directory listings are snapshots taken at offset 0, so offsets stay valid
+  while entries come and go and two handles never disturb each other.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from typing import Any, Callable
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from . import hostio
+from .inodes import Handle, InodeTable
+from .tree import MappedNode, Node, ScaffoldDir, Tree, list_directory, lookup, stat_of
+
+log = logging.getLogger(__name__)
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+# Flags we never pass to the host: the kernel already resolved creation, and it
+# computes append offsets itself (a host O_APPEND would ignore them).
+_STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND
+_HOST_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _fuse_op(handler: Callable) -> Callable:
+    """The error boundary and request counter every handler goes through."""
+    name = handler.__name__
+
+    @functools.wraps(handler)
+    async def boundary(self: "Operations", *args: Any) -> Any:
+        self.op_counts[name] += 1
+        try:
+            return await handler(self, *args)
+        except FUSEError:
+            raise
+        except OSError as exc:
+            raise FUSEError(exc.errno or errno.EIO) from None
+        except KeyError:
+            raise FUSEError(errno.ESTALE) from None
+        except Exception:
+            log.exception("%s%r failed; answering EIO", name, args[:3])
+            raise FUSEError(errno.EIO) from None
+
+    return boundary
+
+
+def _refuse(number: int = errno.EPERM) -> FUSEError:
+    return FUSEError(number)
+
+
+class Operations(pyfuse3.Operations):
+    """Serves a ``Tree`` to the kernel."""
+
+    supports_dot_lookup = False  # no NFS export: '.'/'..' lookups never come
+    enable_writeback_cache = False  # writes go straight to the host file
+
+    def __init__(self, tree: Tree, *, ttl: float = 60.0, xattrs: bool = False) -> None:
+        super().__init__()
+        self.tree = tree
+        self.inodes = InodeTable(tree.root)
+        self.ttl = float(ttl)
+        self.xattrs = xattrs
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self.chown_created = os.geteuid() == 0
+        self.started_ns = time.time_ns()
+        self.op_counts: collections.Counter[str] = collections.Counter()
+
+    # -- attributes --------------------------------------------------------------------
+
+    def _attributes(self, node: Node, st: os.stat_result | None) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = node.ino or self.inodes.number(node)
+        entry.entry_timeout = self.ttl
+        entry.attr_timeout = self.ttl
+        if st is None:  # scaffold directory: virtual, owned by the mounting user
+            entry.st_mode = stat.S_IFDIR | 0o555
+            entry.st_nlink = 2
+            entry.st_uid = self.uid
+            entry.st_gid = self.gid
+            entry.st_blksize = 4096
+            entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = self.started_ns
+            return entry
+        entry.st_mode = st.st_mode
+        entry.st_nlink = st.st_nlink
+        entry.st_uid = st.st_uid
+        entry.st_gid = st.st_gid
+        entry.st_rdev = st.st_rdev
+        entry.st_size = st.st_size
+        entry.st_blksize = st.st_blksize
+        entry.st_blocks = st.st_blocks
+        entry.st_atime_ns = st.st_atime_ns
+        entry.st_mtime_ns = st.st_mtime_ns
+        entry.st_ctime_ns = st.st_ctime_ns
+        return entry
+
+    def _entry(self, node: Node, st: os.stat_result | None) -> pyfuse3.EntryAttributes:
+        """Attributes for an entry reply: counts one kernel lookup of ``node``."""
+        self.inodes.remember(node)
+        return self._attributes(node, st)
+
+    def _stat(self, node: Node) -> os.stat_result | None:
+        fd = self.inodes.open_fd(node)
+        if fd >= 0:
+            return os.fstat(fd)  # right even after unlink or rename
+        return stat_of(node)
+
+    # -- permission checks -------------------------------------------------------------
+
+    def _writable_node(self, ino: int) -> MappedNode:
+        node = self.inodes[ino]
+        if not isinstance(node, MappedNode) or not node.writable:
+            raise _refuse()
+        return node
+
+    def _writable_dir_entry(self, parent_ino: int, name: bytes) -> tuple[MappedNode, bytes]:
+        """Check that ``name`` in ``parent_ino`` may be created, removed or renamed."""
+        parent = self._writable_node(parent_ino)
+        if parent.overlay(name) is not None:
+            raise _refuse()  # a nested mapping: only the control socket may change it
+        return parent, parent.child_path(name)
+
+    def _chown_created(self, path: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if self.chown_created:
+            os.chown(path, ctx.uid, ctx.gid, follow_symlinks=False)
+
+    # -- lookups -----------------------------------------------------------------------
+
+    @_fuse_op
+    async def lookup(self, parent_inode: int, name: bytes, ctx=None) -> pyfuse3.EntryAttributes:
+        found = lookup(self.inodes[parent_inode], name)
+        if found is None:
+            miss = pyfuse3.EntryAttributes()
+            miss.st_ino = 0  # negative entry: the kernel caches the miss for entry_timeout
+            miss.entry_timeout = self.ttl
+            return miss
+        node, st = found
+        return self._entry(node, st)
+
+    @_fuse_op
+    async def forget(self, inode_list) -> None:
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    @_fuse_op
+    async def getattr(self, inode: int, ctx=None) -> pyfuse3.EntryAttributes:
+        node = self.inodes[inode]
+        return self._attributes(node, self._stat(node))
+
+    @_fuse_op
+    async def setattr(self, inode, attr, fields, fh, ctx) -> pyfuse3.EntryAttributes:
+        node = self._writable_node(inode)
+        handle = self.inodes.handle(fh) if fh is not None else None
+        fd = handle.fd if handle is not None else self.inodes.open_fd(node)
+        target: int | bytes = fd if fd >= 0 else node.host_path()
+        if fields.update_size:
+            if handle is not None and handle.writable:
+                os.ftruncate(handle.fd, attr.st_size)
+            else:
+                try:
+                    os.truncate(node.host_path(), attr.st_size)
+                except FileNotFoundError:
+                    if fd < 0:
+                        raise
+                    os.ftruncate(fd, attr.st_size)  # unlinked but open
+        if fields.update_mode:
+            mode = stat.S_IMODE(attr.st_mode)
+            if isinstance(target, int):
+                os.fchmod(target, mode)
+            elif not stat.S_ISLNK(os.lstat(target).st_mode):  # Linux cannot chmod a symlink
+                os.chmod(target, mode)
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            if isinstance(target, int):
+                os.fchown(target, uid, gid)
+            else:
+                os.chown(target, uid, gid, follow_symlinks=False)
+        if fields.update_atime or fields.update_mtime:
+            current = os.fstat(target) if isinstance(target, int) else os.lstat(target)
+            times = (
+                attr.st_atime_ns if fields.update_atime else current.st_atime_ns,
+                attr.st_mtime_ns if fields.update_mtime else current.st_mtime_ns,
+            )
+            if isinstance(target, int):
+                os.utime(target, ns=times)
+            else:
+                os.utime(target, ns=times, follow_symlinks=False)
+        return self._attributes(node, self._stat(node))
+
+    @_fuse_op
+    async def readlink(self, inode: int, ctx=None) -> bytes:
+        node = self.inodes[inode]
+        if not isinstance(node, MappedNode):
+            raise _refuse(errno.EINVAL)
+        return os.readlink(node.host_path())
+
+    # -- creating and removing names ---------------------------------------------------
+
+    def _new_entry(self, parent: MappedNode, name: bytes, path: bytes) -> pyfuse3.EntryAttributes:
+        st = os.lstat(path)
+        return self._entry(parent.discovered(name, st), st)
+
+    @_fuse_op
+    async def mknod(self, parent_inode, name, mode, rdev, ctx) -> pyfuse3.EntryAttributes:
+        parent, path = self._writable_dir_entry(parent_inode, name)
+        os.mknod(path, mode, rdev)
+        self._chown_created(path, ctx)
+        return self._new_entry(parent, name, path)
+
+    @_fuse_op
+    async def mkdir(self, parent_inode, name, mode, ctx) -> pyfuse3.EntryAttributes:
+        parent, path = self._writable_dir_entry(parent_inode, name)
+        os.mkdir(path, mode)
+        self._chown_created(path, ctx)
+        return self._new_entry(parent, name, path)
+
+    @_fuse_op
+    async def symlink(self, parent_inode, name, target, ctx) -> pyfuse3.EntryAttributes:
+        parent, path = self._writable_dir_entry(parent_inode, name)
+        os.symlink(target, path)
+        self._chown_created(path, ctx)
+        return self._new_entry(parent, name, path)
+
+    @_fuse_op
+    async def link(self, inode, new_parent_inode, new_name, ctx) -> pyfuse3.EntryAttributes:
+        """Hard links go to the host: the new name is a new node backed by the same host file."""
+        node = self._writable_node(inode)
+        parent, path = self._writable_dir_entry(new_parent_inode, new_name)
+        os.link(node.host_path(), path, follow_symlinks=False)
+        return self._new_entry(parent, new_name, path)
+
+    @_fuse_op
+    async def unlink(self, parent_inode, name, ctx) -> None:
+        parent, path = self._writable_dir_entry(parent_inode, name)
+        os.unlink(path)
+        parent.drop_known(name)
+
+    @_fuse_op
+    async def rmdir(self, parent_inode, name, ctx) -> None:
+        parent, path = self._writable_dir_entry(parent_inode, name)
+        os.rmdir(path)
+        parent.drop_known(name)
+
+    @_fuse_op
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx) -> None:
+        old_parent, old_path = self._writable_dir_entry(parent_inode_old, name_old)
+        new_parent, new_path = self._writable_dir_entry(parent_inode_new, name_new)
+        hostio.renameat2(old_path, new_path, flags)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            old_parent.exchange_known(name_old, new_parent, name_new)
+        else:
+            old_parent.move_known(name_old, new_parent, name_new)
+
+    # -- files -------------------------------------------------------------------------
+
+    @_fuse_op
+    async def open(self, inode: int, flags: int, ctx) -> pyfuse3.FileInfo:
+        node = self.inodes[inode]
+        writes = bool(flags & _WRITE_FLAGS)
+        if not isinstance(node, MappedNode) or (writes and not node.writable):
+            raise _refuse()
+        fd = os.open(node.host_path(), (flags & ~_STRIP_FLAGS) | _HOST_FLAGS)
+        fh = self.inodes.open(Handle(node, fd, writable=bool(flags & (os.O_WRONLY | os.O_RDWR))))
+        # keep_cache: a file opened only for reading keeps its page cache across
+        # opens; the kernel still drops it when it sees mtime or size change.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=not writes)
+
+    @_fuse_op
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        parent, path = self._writable_dir_entry(parent_inode, name)
+        fd = os.open(path, (flags & ~(os.O_NOCTTY | os.O_APPEND)) | os.O_CREAT | _HOST_FLAGS, mode)
+        try:
+            if self.chown_created:
+                os.fchown(fd, ctx.uid, ctx.gid)
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        node = parent.discovered(name, st)
+        entry = self._entry(node, st)
+        fh = self.inodes.open(Handle(node, fd, writable=bool(flags & (os.O_WRONLY | os.O_RDWR))))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False), entry
+
+    @_fuse_op
+    async def read(self, fh: int, off: int, size: int):
+        return await hostio.read(self.inodes.handle(fh).fd, off, size)
+
+    @_fuse_op
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self.inodes.handle(fh)
+        if not handle.writable:
+            raise _refuse(errno.EBADF)
+        return os.pwrite(handle.fd, buf, off)
+
+    @_fuse_op
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_fuse_op
+    async def release(self, fh: int) -> None:
+        os.close(self.inodes.release(fh).fd)
+
+    @_fuse_op
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await hostio.fsync(self.inodes.handle(fh).fd, datasync)
+
+    # -- directories -------------------------------------------------------------------
+
+    @_fuse_op
+    async def opendir(self, inode: int, ctx) -> int:
+        node = self.inodes[inode]
+        if isinstance(node, MappedNode) and not stat.S_ISDIR(self._stat(node).st_mode):
+            raise _refuse(errno.ENOTDIR)
+        return self.inodes.open(Handle(node))
+
+    @_fuse_op
+    async def readdir(self, fh: int, start_id: int, token) -> None:
+        handle = self.inodes.handle(fh)
+        if start_id == 0 or handle.entries is None:
+            # A snapshot per listing: offsets index into it, so entries added or
+            # removed meanwhile can neither be skipped nor repeated.
+            handle.entries = list_directory(handle.node)
+        entries = handle.entries
+        directory = handle.node
+        for index in range(start_id, len(entries)):
+            name, node = entries[index]
+            try:
+                if node is None:
+                    st = os.lstat(directory.child_path(name))
+                    node = directory.discovered(name, st)
+                else:
+                    st = self._stat(node)
+            except FileNotFoundError:
+                continue  # removed since the snapshot
+            if not pyfuse3.readdir_reply(token, name, self._attributes(node, st), index + 1):
+                if not node.lookups and isinstance(node, MappedNode) and node.parent is directory:
+                    directory.forget_known(node)
+                return
+            self.inodes.remember(node)  # readdirplus: each accepted entry is a lookup
+
+    @_fuse_op
+    async def releasedir(self, fh: int) -> None:
+        self.inodes.release(fh)
+
+    @_fuse_op
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    @_fuse_op
+    async def statfs(self, ctx) -> pyfuse3.StatvfsData:
+        # pyfuse3 does not pass the inode to statfs, so the mount reports the
+        # host filesystem of its root mapping (or of its first mapping).
+        sv = os.statvfs(self.tree.first_host_path() or b"/")
+        data = pyfuse3.StatvfsData()
+        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                      "f_files", "f_ffree", "f_favail", "f_namemax"):
+            setattr(data, field, getattr(sv, field))
+        return data
+
+    # -- extended attributes -----------------------------------------------------------
+
+    def _xattr_node(self, inode: int) -> Node:
+        if not self.xattrs:
+            raise _refuse(errno.EOPNOTSUPP)
+        return self.inodes[inode]
+
+    @_fuse_op
+    async def getxattr(self, inode: int, name: bytes, ctx) -> bytes:
+        node = self._xattr_node(inode)
+        if not isinstance(node, MappedNode):
+            raise _refuse(pyfuse3.ENOATTR)
+        return os.getxattr(node.host_path(), name, follow_symlinks=False)
+
+    @_fuse_op
+    async def listxattr(self, inode: int, ctx) -> list[bytes]:
+        node = self._xattr_node(inode)
+        if not isinstance(node, MappedNode):
+            return []
+        return [os.fsencode(n) for n in os.listxattr(node.host_path(), follow_symlinks=False)]
+
+    @_fuse_op
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx) -> None:
+        self._xattr_node(inode)
+        node = self._writable_node(inode)
+        os.setxattr(node.host_path(), name, value, follow_symlinks=False)
+
+    @_fuse_op
+    async def removexattr(self, inode: int, name: bytes, ctx) -> None:
+        self._xattr_node(inode)
+        node = self._writable_node(inode)
+        os.removexattr(node.host_path(), name, follow_symlinks=False)
