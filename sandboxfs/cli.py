@@ -12,8 +12,9 @@ import logging
 import sys
 from typing import Sequence
 
-from . import __version__
-from .errors import MappingError, SandboxfsError
+from . import __version__, commands
+from .errors import MappingError, SandboxfsError, describe_oserror
+from .framing import DEFAULT_MAX_MESSAGE_SIZE
 from .mapping import Mapping, parse_mapping_flag
 
 log = logging.getLogger("sandboxfs")
@@ -60,21 +61,43 @@ def _add_mount_parser(subparsers) -> None:
                    help="how long the kernel may cache entries and attributes (default: 60)")
     p.add_argument("--xattrs", action="store_true",
                    help="pass extended attributes through to the host (default: EOPNOTSUPP)")
+    p.add_argument("--control", metavar="PATH",
+                   help="control socket path (default: MOUNT_POINT.sock beside the mount point)")
+    p.add_argument("--no-control", action="store_true", help="do not open a control socket")
+    p.add_argument("--control-allow-uid", type=int, action="append", default=[], metavar="UID",
+                   help="let this uid use the control socket too (repeatable; "
+                   "the mounting uid and root always may)")
+    p.add_argument("--max-message-size", type=_size_arg, default=DEFAULT_MAX_MESSAGE_SIZE,
+                   metavar="BYTES", help="largest control message accepted (default: 64 MiB)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="default: info")
     p.add_argument("mount_point", metavar="MOUNT_POINT")
     p.set_defaults(handler=_cmd_mount)
 
 
-def _cmd_mount(args: argparse.Namespace) -> int:
-    from .mount import MountConfig, run  # pyfuse3 is only needed to mount
+def _size_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
+    if value < 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is below the minimum of 1024 bytes")
+    return value
 
+
+def _cmd_mount(args: argparse.Namespace) -> int:
+    from .mount import MountConfig, default_control_path, run  # pyfuse3 only to mount
+
+    control = None if args.no_control else args.control or default_control_path(args.mount_point)
     config = MountConfig(
         mount_point=args.mount_point,
         mappings=tuple(args.mapping),
         allow=args.allow,
         ttl=args.ttl,
         xattrs=args.xattrs,
+        control=control,
+        control_allow_uids=tuple(args.control_allow_uid),
+        max_message_size=args.max_message_size,
     )
     return run(config)
 
@@ -87,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sandboxfs {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_mount_parser(subparsers)
+    commands.add_client_parsers(subparsers, _mapping_arg)
     return parser
 
 
@@ -112,3 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if exc.code == "usage" else EXIT_RUNTIME
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # e.g. the control socket is not there
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"sandboxfs:{where}: {describe_oserror(exc)}", file=sys.stderr)
+        return EXIT_RUNTIME

@@ -64,6 +64,48 @@ class UsageError(SandboxfsError):
     code = "usage"
 
 
+class TooLargeError(SandboxfsError):
+    """A control message is over the server's size limit (the connection closes)."""
+
+    code = "too_large"
+
+
+class ProtocolError(SandboxfsError):
+    """The byte stream could not be decoded (the connection closes)."""
+
+    code = "invalid_framing"
+
+
+class PermissionDeniedError(SandboxfsError):
+    """The peer's uid may not use the control socket."""
+
+    code = "permission_denied"
+
+
+class ServerError(SandboxfsError):
+    """The server hit a bug while answering; it keeps serving."""
+
+    code = "internal"
+
+
+_BY_CODE = {
+    cls.code: cls
+    for cls in (
+        MappingError, NotFoundError, SandboxExistsError, InvalidRequestError,
+        TooLargeError, ProtocolError, PermissionDeniedError, ServerError,
+    )
+}
+
+
+def error_for_code(code: str, message: str, details: dict | None = None) -> SandboxfsError:
+    """The typed exception for an error code received from the control socket."""
+    cls = _BY_CODE.get(code, SandboxfsError)
+    error = cls(message, details=details)
+    if cls is SandboxfsError:
+        error.code = code
+    return error
+
+
 def errno_name(number: int) -> str:
     """Return ``"ENOENT (No such file or directory)"`` for an errno number."""
     name = _errno.errorcode.get(number, f"errno {number}")

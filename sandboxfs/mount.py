@@ -14,6 +14,7 @@ Owns: pyfuse3.init/main/close, signals, dead-mount recovery.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -26,9 +27,12 @@ import attrs
 import pyfuse3
 import trio
 
+from .control import ControlServer, bind_control_socket, remove_socket_file
 from .errors import SandboxfsError, describe_oserror
+from .framing import DEFAULT_MAX_MESSAGE_SIZE
 from .mapping import Mapping
-from .ops import Operations
+from .ops import KernelCache, Operations
+from .reconfig import Reconfigurer
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,9 @@ class MountConfig:
     allow: str = "self"  # self | other | root
     ttl: float = 60.0
     xattrs: bool = False
+    control: str | None = None  # control socket path; None: no socket
+    control_allow_uids: tuple[int, ...] = ()
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
     def fuse_options(self) -> set[str]:
         options = {"fsname=sandboxfs", "subtype=sandboxfs", "default_permissions"}
@@ -111,26 +118,56 @@ async def _serve(services: Sequence[Service]) -> None:
         nursery.cancel_scope.cancel()
 
 
-def run(config: MountConfig, services_for: Callable[[Tree, Operations], Sequence[Service]] | None = None) -> int:
+def default_control_path(mount_point: str) -> str:
+    """The control socket's default place: beside the mount point, ``MOUNT_POINT.sock``."""
+    return os.path.abspath(mount_point).rstrip("/") + ".sock"
+
+
+def run(config: MountConfig) -> int:
     """Mount, serve until a signal or an external unmount, unmount; return the exit status."""
     tree = Tree(config.mappings)  # raises MappingError before anything is mounted
     prepare_mount_point(config.mount_point)
     ops = Operations(tree, ttl=config.ttl, xattrs=config.xattrs)
-    services = list(services_for(tree, ops)) if services_for else []
-    # Modes of created files come from the caller (the kernel already applied
-    # its umask); ours must not mask them again.
-    os.umask(0)
-    try:
-        pyfuse3.init(ops, config.mount_point, config.fuse_options())
-    except RuntimeError as exc:
-        raise MountError(
-            f"mount point {config.mount_point}: the kernel refused the mount ({exc}); "
-            "is /dev/fuse usable and, for --allow other, user_allow_other set?"
-        ) from None
-    log.info("mounted at %s with %d mapping(s)", config.mount_point, len(config.mappings))
-    try:
+    services: list[Service] = []
+    with contextlib.ExitStack() as cleanup:
+        if config.control:
+            sock = bind_control_socket(config.control)
+            cleanup.callback(remove_socket_file, config.control, os.stat(config.control))
+            cleanup.callback(sock.close)
+            reconfigurer = Reconfigurer(
+                tree,
+                KernelCache(ops.inodes),
+                fuse_counts=lambda: ops.op_counts,
+                inode_counts=ops.inodes.stats,
+                mount_point=os.path.abspath(config.mount_point),
+            )
+            server = ControlServer(
+                reconfigurer,
+                path=config.control,
+                sock=sock,
+                allow_uids=config.control_allow_uids,
+                max_message_size=config.max_message_size,
+            )
+            services.append(server.run)
+        # Modes of created files come from the caller (the kernel already
+        # applied its umask); ours must not mask them again.
+        os.umask(0)
+        try:
+            pyfuse3.init(ops, config.mount_point, config.fuse_options())
+        except RuntimeError as exc:
+            raise MountError(
+                f"mount point {config.mount_point}: the kernel refused the mount ({exc}); "
+                "is /dev/fuse usable and, for --allow other, user_allow_other set?"
+            ) from None
+        cleanup.callback(_unmount, config.mount_point)
+        log.info(
+            "mounted at %s with %d mapping(s)%s", config.mount_point, len(config.mappings),
+            f"; control socket {config.control}" if config.control else "",
+        )
         trio.run(_serve, services)
-    finally:
-        pyfuse3.close(unmount=True)
-        log.info("unmounted %s", config.mount_point)
     return 0
+
+
+def _unmount(mount_point: str) -> None:
+    pyfuse3.close(unmount=True)
+    log.info("unmounted %s", mount_point)

@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable
 
 import pyfuse3
+import trio
 from pyfuse3 import FUSEError
 
 from . import hostio
@@ -412,3 +413,33 @@ class Operations(pyfuse3.Operations):
         self._xattr_node(inode)
         node = self._writable_node(inode)
         os.removexattr(node.host_path(), name, follow_symlinks=False)
+
+
+class KernelCache:
+    """Tells the kernel to drop cached directory entries after the tree changed.
+
+    ``pyfuse3.invalidate_entry`` writes a notification to /dev/fuse and the
+    kernel handles it synchronously; it may wait for a lookup in progress in
+    that directory, which only this process's event loop can answer.  So the
+    calls run in a worker thread while the loop keeps serving (S3QL takes the
+    same care).  Entries under a directory the kernel does not know need no
+    invalidation and are skipped; ENOENT means the kernel had nothing cached.
+    """
+
+    def __init__(self, inodes: InodeTable) -> None:
+        self.inodes = inodes
+
+    async def invalidate(self, entries) -> None:
+        targets = [(parent.ino, name) for parent, name in entries if parent.ino and parent.lookups]
+        if targets:
+            await trio.to_thread.run_sync(_invalidate_entries, targets)
+
+
+def _invalidate_entries(targets: list[tuple[int, bytes]]) -> None:
+    for parent_ino, name in targets:
+        try:
+            pyfuse3.invalidate_entry(parent_ino, name)
+        except FileNotFoundError:
+            pass  # the kernel had nothing cached under that name
+        except OSError as exc:
+            log.warning("invalidating entry %r in inode %d: %s", name, parent_ino, exc)

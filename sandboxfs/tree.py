@@ -336,7 +336,8 @@ class _Batch:
             self.changed.append((parent, name))
 
 
-def _check_underlying(label: str, mappings: Sequence[Mapping]) -> None:
+def require_underlying(label: str, mappings: Sequence[Mapping]) -> None:
+    """Raise MappingError naming the first mapping whose underlying path is missing."""
     missing = _underlying.find_missing([m.underlying for m in mappings])
     if missing:
         index = min(missing)
@@ -397,10 +398,22 @@ class Tree:
         return self._holder.children[b""]
 
     def _apply(
-        self, label: str, holder: ScaffoldDir, key: bytes, mappings: Sequence[Mapping], fresh: bool
+        self,
+        label: str,
+        holder: ScaffoldDir,
+        key: bytes,
+        mappings: Sequence[Mapping],
+        fresh: bool,
+        count: bool = True,
+        checked: bool = False,
     ) -> list:
-        """Insert ``mappings`` below ``holder.children[key]``; ``fresh`` if that node is new."""
-        _check_underlying(label, mappings)
+        """Insert ``mappings`` below ``holder.children[key]``; ``fresh`` if that node is new.
+
+        ``checked`` skips the existence check when the caller already ran
+        ``require_underlying`` (off the event loop).
+        """
+        if not checked:
+            require_underlying(label, mappings)
         batch = _Batch(label)
         if fresh:  # an empty new top may itself be mapped ("/" in the request)
             batch.new_scaffolds.add(id(holder.children[key]))
@@ -410,7 +423,8 @@ class Tree:
         except BaseException:
             batch.undo()
             raise
-        self.mapping_count += len(mappings)
+        if count:
+            self.mapping_count += len(mappings)
         return batch.changed
 
     # -- sandboxes -------------------------------------------------------------------
@@ -424,22 +438,37 @@ class Tree:
             root.overlays = {}
         return root.overlays
 
-    def create_sandbox(self, name: str | bytes, mappings: Sequence[Mapping]) -> list:
-        """Build a sandbox detached, then attach it as ``/name`` in one step."""
+    def build_sandbox(self, name: str | bytes, mappings: Sequence[Mapping]) -> Sandbox:
+        """Build a sandbox detached from the tree (safe to run in a worker thread).
+
+        Only new nodes are touched, so the live tree keeps serving meanwhile;
+        ``attach_sandbox`` then makes it visible in one step.
+        """
         raw = check_sandbox_name(name)
         label = f"create_sandbox {display(raw)!r}"
-        children = self._root_children()
-        if raw in self.sandboxes:
-            raise SandboxExistsError(f"{label}: a sandbox with this name already exists")
-        if raw in children:
-            raise SandboxExistsError(f"{label}: the name is taken by a mapping of the mount")
+        self._check_name_free(raw, label)
         holder = ScaffoldDir()
         holder.children[raw] = ScaffoldDir()
-        self._apply(label, holder, raw, mappings, fresh=True)
-        top = holder.children[raw]
-        children[raw] = top
-        self.sandboxes[raw] = Sandbox(raw, top, len(mappings))
-        return [(self.root, raw)] if self.root.ino else []
+        self._apply(label, holder, raw, mappings, fresh=True, count=False)
+        return Sandbox(raw, holder.children[raw], len(mappings))
+
+    def attach_sandbox(self, sandbox: Sandbox) -> list:
+        """Make a built sandbox visible as ``/name``."""
+        self._check_name_free(sandbox.name, f"create_sandbox {display(sandbox.name)!r}")
+        self._root_children()[sandbox.name] = sandbox.node
+        self.sandboxes[sandbox.name] = sandbox
+        self.mapping_count += sandbox.mapping_count
+        return [(self.root, sandbox.name)]
+
+    def create_sandbox(self, name: str | bytes, mappings: Sequence[Mapping]) -> list:
+        """Build and attach ``/name``; returns the kernel entries to invalidate."""
+        return self.attach_sandbox(self.build_sandbox(name, mappings))
+
+    def _check_name_free(self, raw: bytes, label: str) -> None:
+        if raw in self.sandboxes:
+            raise SandboxExistsError(f"{label}: a sandbox with this name already exists")
+        if raw in self._root_children():
+            raise SandboxExistsError(f"{label}: the name is taken by a mapping of the mount")
 
     def destroy_sandbox(self, name: str | bytes) -> list:
         """Detach ``/name``; its nodes live on only as long as the kernel holds them."""
@@ -451,13 +480,15 @@ class Tree:
         self.mapping_count -= sandbox.mapping_count
         return [(self.root, raw)]
 
-    def map(self, name: str | bytes, mappings: Sequence[Mapping]) -> list:
+    def map(self, name: str | bytes, mappings: Sequence[Mapping], checked: bool = False) -> list:
         """Add mappings to a live sandbox, all or nothing."""
         raw = os.fsencode(name)
         sandbox = self._sandbox("map", raw)
         holder = ScaffoldDir()
         holder.children[raw] = sandbox.node
-        changed = self._apply(f"map {display(raw)!r}", holder, raw, mappings, fresh=False)
+        changed = self._apply(
+            f"map {display(raw)!r}", holder, raw, mappings, fresh=False, checked=checked
+        )
         if holder.children[raw] is not sandbox.node:  # the sandbox root itself got mapped
             sandbox.node = holder.children[raw]
             self._root_children()[raw] = sandbox.node

@@ -1,0 +1,252 @@
+"""What build tools import: a blocking ``Client`` and a trio ``AsyncClient``.
+
+Both speak the control protocol (docs/protocol.md) over the mount's Unix
+socket and have the same methods; errors come back as the typed exceptions of
+``sandboxfs.errors`` (``SandboxExistsError``, ``NotFoundError``,
+``MappingError``, ...).  Paths are prefix-compressed automatically: each
+mapping's parent directories (inside the sandbox and on the host) are sent
+once per connection as a numbered prefix, and each path as (prefix, name).
+
+    from sandboxfs.client import Client
+
+    with Client("/tmp/mnt.sock") as client:
+        with client.sandbox("736", [("/bin/cc", "/usr/bin/gcc"),
+                                    ("/out", "/tmp/out", True)]) as path:
+            subprocess.run(["bin/cc", ...], cwd=path)
+
+The protocol logic lives in ``_Session`` (no I/O); the two clients only move
+bytes, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from typing import Any, AsyncIterator, Iterable, Iterator, Sequence, Union
+
+import trio
+
+from .errors import ProtocolError, error_for_code
+from .framing import MessageReader, encode
+from .mapping import Mapping
+
+PathArg = Union[str, bytes, os.PathLike]
+# A mapping as callers write it: a Mapping, or (path, underlying[, writable]).
+MappingArg = Union[Mapping, Sequence[Any]]
+
+RECEIVE_SIZE = 1 << 16
+
+
+class _Session:
+    """Request ids, the connection's prefix table, and response decoding."""
+
+    def __init__(self) -> None:
+        self._next_id = 1
+        self._prefix_ids: dict[bytes, int] = {}
+        self._sent_now: list[bytes] = []
+        self.reader = MessageReader()
+
+    def _compress(self, path: bytes, table: dict[int, bytes]) -> list | bytes:
+        parent, _, name = path.rpartition(b"/")
+        if not parent or not name:
+            return path
+        ident = self._prefix_ids.get(parent)
+        if ident is None:
+            ident = self._prefix_ids[parent] = len(self._prefix_ids) + 1
+            table[ident] = parent
+            self._sent_now.append(parent)
+        return [ident, _wire(name)]
+
+    def encode_mappings(self, mappings: Iterable[MappingArg], table: dict[int, bytes]) -> list:
+        wire = []
+        for item in mappings:
+            if isinstance(item, Mapping):
+                path, underlying, writable = item.path, item.underlying, item.writable
+            else:
+                path, underlying, *rest = item
+                writable = bool(rest[0]) if rest else False
+            wire.append([
+                self._compress(os.fsencode(path), table),
+                self._compress(os.fsencode(underlying), table),
+                writable,
+            ])
+        return wire
+
+    def request(self, op: str, **fields: Any) -> tuple[int, bytes]:
+        request_id = self._next_id
+        self._next_id += 1
+        self._sent_now = []
+        table: dict[int, bytes] = {}
+        message: dict[str, Any] = {"id": request_id, "op": op}
+        for key, value in fields.items():
+            if key == "mappings":
+                value = self.encode_mappings(value, table)
+            elif key == "paths":
+                value = [self._compress(os.fsencode(p), table) for p in value]
+            elif key == "name":
+                value = _wire(os.fsencode(value))
+            message[key] = value
+        if table:
+            message["prefixes"] = {k: _wire(v) for k, v in table.items()}
+        return request_id, encode(message)
+
+    def result(self, request_id: int, response: Any) -> dict:
+        if not isinstance(response, dict) or response.get("id") != request_id:
+            if isinstance(response, dict) and isinstance(response.get("error"), dict):
+                raise self._error(response["error"])
+            raise ProtocolError(f"expected the answer to request {request_id}, got {response!r}")
+        if "error" in response and response["error"] is not None:
+            # Prefixes sent with a failed request may not be registered: send them again.
+            for parent in self._sent_now:
+                self._prefix_ids.pop(parent, None)
+            raise self._error(response["error"])
+        return response.get("result") or {}
+
+    @staticmethod
+    def _error(err: dict):
+        return error_for_code(str(err.get("code")), str(err.get("message")), err.get("details"))
+
+
+def _wire(raw: bytes) -> str | bytes:
+    """Send UTF-8 names as msgpack str (smaller to decode), others as bin."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+class Client:
+    """A blocking client for one control socket; also a context manager."""
+
+    def __init__(self, path: PathArg, timeout: float | None = 60.0) -> None:
+        self.path = os.fspath(path)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(self.path)
+        except OSError:
+            self._sock.close()
+            raise
+        self._session = _Session()
+        self._queue: list[Any] = []
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _call(self, op: str, **fields: Any) -> dict:
+        request_id, data = self._session.request(op, **fields)
+        self._sock.sendall(data)
+        while not self._queue:
+            chunk = self._sock.recv(RECEIVE_SIZE)
+            if not chunk:
+                raise ProtocolError("the server closed the connection")
+            self._session.reader.feed(chunk)
+            self._queue.extend(self._session.reader.drain())
+        return self._session.result(request_id, self._queue.pop(0))
+
+    def ping(self, version: int = 1) -> dict:
+        """Server and protocol version; ``protocol`` is the version both speak."""
+        return self._call("ping", version=version)
+
+    def create_sandbox(self, name: PathArg, mappings: Iterable[MappingArg]) -> dict:
+        """Create sandbox ``name`` (all or nothing); returns {"name", "mappings", "path"}."""
+        return self._call("create_sandbox", name=name, mappings=mappings)
+
+    def destroy_sandbox(self, name: PathArg) -> dict:
+        """Destroy a sandbox; once this returns nothing of it is visible or cached."""
+        return self._call("destroy_sandbox", name=name)
+
+    def map(self, name: PathArg, mappings: Iterable[MappingArg]) -> dict:
+        """Add mappings to a live sandbox (all or nothing)."""
+        return self._call("map", name=name, mappings=mappings)
+
+    def unmap(self, name: PathArg, paths: Iterable[PathArg]) -> dict:
+        """Remove mappings from a live sandbox (all or nothing)."""
+        return self._call("unmap", name=name, paths=paths)
+
+    def list(self) -> list[dict]:
+        """Live sandboxes: [{"name", "mappings"}, ...]."""
+        return self._call("list")["sandboxes"]
+
+    def stats(self) -> dict:
+        return self._call("stats")
+
+    @contextlib.contextmanager
+    def sandbox(self, name: PathArg, mappings: Iterable[MappingArg]) -> Iterator[str]:
+        """Create a sandbox, yield its path in the mount, and always destroy it."""
+        result = self.create_sandbox(name, mappings)
+        try:
+            yield result["path"]
+        finally:
+            self.destroy_sandbox(name)
+
+
+class AsyncClient:
+    """The trio twin of ``Client``: ``async with await AsyncClient.connect(path) as c``."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._session = _Session()
+        self._queue: list[Any] = []
+        self._lock = trio.Lock()
+
+    @classmethod
+    async def connect(cls, path: PathArg) -> "AsyncClient":
+        return cls(await trio.open_unix_socket(os.fspath(path)))
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def _call(self, op: str, **fields: Any) -> dict:
+        async with self._lock:
+            request_id, data = self._session.request(op, **fields)
+            await self._stream.send_all(data)
+            while not self._queue:
+                chunk = await self._stream.receive_some(RECEIVE_SIZE)
+                if not chunk:
+                    raise ProtocolError("the server closed the connection")
+                self._session.reader.feed(chunk)
+                self._queue.extend(self._session.reader.drain())
+            return self._session.result(request_id, self._queue.pop(0))
+
+    async def ping(self, version: int = 1) -> dict:
+        return await self._call("ping", version=version)
+
+    async def create_sandbox(self, name: PathArg, mappings: Iterable[MappingArg]) -> dict:
+        return await self._call("create_sandbox", name=name, mappings=mappings)
+
+    async def destroy_sandbox(self, name: PathArg) -> dict:
+        return await self._call("destroy_sandbox", name=name)
+
+    async def map(self, name: PathArg, mappings: Iterable[MappingArg]) -> dict:
+        return await self._call("map", name=name, mappings=mappings)
+
+    async def unmap(self, name: PathArg, paths: Iterable[PathArg]) -> dict:
+        return await self._call("unmap", name=name, paths=paths)
+
+    async def list(self) -> list[dict]:
+        return (await self._call("list"))["sandboxes"]
+
+    async def stats(self) -> dict:
+        return await self._call("stats")
+
+    @contextlib.asynccontextmanager
+    async def sandbox(self, name: PathArg, mappings: Iterable[MappingArg]) -> AsyncIterator[str]:
+        result = await self.create_sandbox(name, mappings)
+        try:
+            yield result["path"]
+        finally:
+            await self.destroy_sandbox(name)

@@ -1,0 +1,211 @@
+"""The control server: a Unix stream socket that accepts, decodes, applies and answers.
+
+Each connection is served by its own task: bytes go through a
+``framing.MessageReader``, each whole message through the ``Reconfigurer``,
+and each answer goes back in request order with the request's id, so clients
+may pipeline.  A well-framed bad request gets an error answer and the
+connection stays usable; undecodable bytes get one error answer (id nil) and
+close that connection only.
+
+The socket file is created mode 0600 and removed on exit; peers are checked
+with SO_PEERCRED (the mounting uid, root, and ``--control-allow-uid`` uids).
+A socket file left by a crashed instance is replaced; one with a live server
+behind it is not.
+
+On shutdown, requests in flight get ``grace`` seconds to finish, then their
+connections are closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import struct
+from typing import Iterable
+
+import trio
+
+from .errors import SandboxfsError, describe_oserror
+from .framing import DEFAULT_MAX_MESSAGE_SIZE, FramingError, MessageReader, encode
+from .protocol import PrefixTable, error, error_from, ok
+from .reconfig import Reconfigurer
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 1 << 20
+# Decoding more buffered bytes than this moves to a worker thread.
+OFF_LOOP_BYTES = 1 << 20
+
+
+class ControlError(SandboxfsError):
+    """The control socket cannot be set up."""
+
+    code = "control"
+
+
+def _stale(path: str) -> bool:
+    """True if ``path`` is a socket nobody listens on (a crashed instance's leftover)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+def bind_control_socket(path: str) -> socket.socket:
+    """Create the listening socket file (mode 0600), replacing a stale one."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ControlError(f"control socket {path}: {describe_oserror(exc)}") from None
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ControlError(f"control socket {path}: exists and is not a socket")
+        if not _stale(path):
+            raise ControlError(f"control socket {path}: another sandboxfs is listening on it")
+        log.warning("removing stale control socket %s left by a crashed instance", path)
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ControlError(f"control socket {path}: {describe_oserror(exc)}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+def remove_socket_file(path: str, identity: os.stat_result) -> None:
+    """Remove our socket file, unless another instance has replaced it meanwhile."""
+    try:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == (identity.st_dev, identity.st_ino):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def peer_uid(sock) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+class ControlServer:
+    """Serves the control protocol for one Reconfigurer."""
+
+    def __init__(
+        self,
+        reconfigurer: Reconfigurer,
+        *,
+        path: str | None = None,
+        sock: socket.socket | None = None,
+        allow_uids: Iterable[int] = (),
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        grace: float = 5.0,
+    ) -> None:
+        self.reconfigurer = reconfigurer
+        self.path = path
+        self._sock = sock
+        self.allowed_uids = {os.getuid(), 0, *allow_uids}
+        self.max_message_size = max_message_size
+        self.grace = grace
+        self._in_flight: set[trio.CancelScope] = set()
+        self.connections = 0
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Accept connections until cancelled; then drain in-flight requests and clean up."""
+        identity = None
+        if self._sock is None:  # otherwise whoever bound the socket removes it
+            assert self.path is not None
+            self._sock = bind_control_socket(self.path)
+            identity = os.stat(self.path)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self._sock))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._grace_on_cancel)
+                await nursery.start(trio.serve_listeners, self._serve_socket, [listener])
+                task_status.started()
+        finally:
+            if identity is not None:
+                remove_socket_file(self.path, identity)
+
+    async def _grace_on_cancel(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            deadline = trio.current_time() + self.grace
+            for scope in self._in_flight:
+                scope.deadline = min(scope.deadline, deadline)
+
+    async def _serve_socket(self, stream: trio.SocketStream) -> None:
+        try:
+            uid = peer_uid(stream.socket)
+            if uid not in self.allowed_uids:
+                log.warning("refusing control connection from uid %d", uid)
+                message = f"uid {uid} may not use this control socket (EACCES)"
+                with trio.move_on_after(1):
+                    await stream.send_all(encode(error(None, "permission_denied", message)))
+                return
+            await self.serve_stream(stream)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection (a socket, or an in-memory stream in tests) until EOF."""
+        self.connections += 1
+        reader = MessageReader(self.max_message_size)
+        prefixes = PrefixTable()
+        try:
+            while True:
+                data = await stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return
+                try:
+                    reader.feed(data)
+                    if reader.pending > OFF_LOOP_BYTES:
+                        messages = await trio.to_thread.run_sync(reader.drain)
+                    else:
+                        messages = reader.drain()
+                except FramingError as exc:
+                    log.warning("closing control connection: %s", exc)
+                    await stream.send_all(encode(error(None, exc.code, str(exc))))
+                    return
+                for message in messages:
+                    await self._answer(stream, message, prefixes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the client went away; its half-done request (if any) was all-or-nothing
+        finally:
+            self.connections -= 1
+
+    async def _answer(self, stream: trio.abc.Stream, message, prefixes: PrefixTable) -> None:
+        request_id = message.get("id") if isinstance(message, dict) else None
+        with trio.CancelScope(shield=True) as scope:
+            self._in_flight.add(scope)
+            try:
+                try:
+                    response = ok(request_id, await self.reconfigurer.apply(message, prefixes))
+                except SandboxfsError as exc:
+                    response = error_from(request_id, exc)
+                except Exception as exc:  # our bug: answer it, keep serving
+                    log.exception("control request %r failed", request_id)
+                    response = error(request_id, "internal", f"internal error: {exc!r}")
+                await stream.send_all(encode(response))
+            finally:
+                self._in_flight.discard(scope)
+        if scope.cancelled_caught:
+            raise trio.ClosedResourceError("shutdown deadline passed")

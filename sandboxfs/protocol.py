@@ -1,0 +1,255 @@
+"""Control messages: what each request means, decoded from and encoded to plain msgpack values.
+
+No I/O here (``framing`` moves bytes, ``control`` applies requests).  A
+request is a msgpack map ``{"id": ..., "op": ..., ...}``; a response is
+``{"id": ..., "result": {...}}`` or ``{"id": ..., "error": {"code", "message",
+"details"}}``.  docs/protocol.md is the reference.
+
+Paths travel as msgpack str (UTF-8) or bin (any bytes), or prefix-compressed
+as ``[prefix_id, rest]`` where ``prefix_id`` was registered in a
+``prefixes`` table of this or an earlier request on the same connection.  The
+mapping decoder is the hot path of a 100,000-mapping request, so it is one
+tight loop with the checks inlined; ``mapping.split_inner_path`` states the
+same rules for the slow path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+
+from .errors import InvalidRequestError, MappingError, SandboxfsError
+from .mapping import Mapping, check_underlying, display, split_inner_path
+
+PROTOCOL_VERSION = 1
+OPS = ("ping", "create_sandbox", "destroy_sandbox", "map", "unmap", "list", "stats")
+_BAD_COMPONENTS = (b"", b".", b"..")
+
+
+@attrs.frozen
+class Request:
+    """A decoded request; ``mappings``/``paths`` already resolved and validated."""
+
+    id: Any
+    op: str
+    name: bytes | None = None
+    mappings: tuple[Mapping, ...] = ()
+    paths: tuple[tuple[bytes, ...], ...] = ()
+    version: int = PROTOCOL_VERSION
+
+
+class PrefixTable:
+    """The prefixes a connection registered: id -> absolute directory (bytes)."""
+
+    def __init__(self) -> None:
+        self._paths: dict[int, bytes] = {}
+        self._components: dict[int, tuple[bytes, ...]] = {}
+
+    def register(self, table: Any, label: str) -> None:
+        if not isinstance(table, dict):
+            raise InvalidRequestError(f"{label}: 'prefixes' must be a map of int to path")
+        for key, value in table.items():
+            if not isinstance(key, int) or isinstance(key, bool) or key <= 0:
+                raise InvalidRequestError(f"{label}: prefix id {key!r} is not a positive integer")
+            path = _as_bytes(value, f"{label}: prefix {key}")
+            if not path.startswith(b"/") or b"\0" in path:
+                raise InvalidRequestError(
+                    f"{label}: prefix {key} ({display(path)}) must be an absolute path without NUL"
+                )
+            path = path.rstrip(b"/") or b"/"
+            known = self._paths.get(key)
+            if known is not None and known != path:
+                raise InvalidRequestError(
+                    f"{label}: prefix {key} is already {display(known)}, cannot redefine it "
+                    f"as {display(path)}"
+                )
+            self._paths[key] = path
+
+    def path(self, key: Any, label: str) -> bytes:
+        try:
+            return self._paths[key]
+        except (KeyError, TypeError):
+            raise InvalidRequestError(f"{label}: unknown prefix id {key!r}") from None
+
+    def components(self, key: Any, label: str) -> tuple[bytes, ...]:
+        comps = self._components.get(key)
+        if comps is None:
+            try:
+                comps = split_inner_path(self.path(key, label))
+            except MappingError as exc:
+                raise MappingError(f"{label}: prefix {key}: {exc.message}") from None
+            self._components[key] = comps
+        return comps
+
+
+def _as_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return os.fsencode(value)
+    raise InvalidRequestError(f"{what}: expected a string or bytes, got {type(value).__name__}")
+
+
+def _field(message: dict, key: str, label: str, kinds: tuple, required: bool = True) -> Any:
+    value = message.get(key)
+    if value is None:
+        if required:
+            raise InvalidRequestError(f"{label}: missing field {key!r}")
+        return None
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        names = " or ".join(k.__name__ for k in kinds)
+        raise InvalidRequestError(
+            f"{label}: field {key!r} must be {names}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _mapping_error(label: str, index: int, path: Any, reason: str) -> MappingError:
+    shown = display(path) if isinstance(path, bytes) else repr(path)
+    return MappingError(
+        f"{label}: mapping {index} ({shown}): {reason}",
+        details={"index": index, "path": shown, "reason": reason},
+    )
+
+
+def decode_inner_path(raw: Any, prefixes: PrefixTable, label: str) -> tuple[bytes, ...]:
+    """Components of a path inside a sandbox, given absolute or as [prefix_id, rest]."""
+    if isinstance(raw, (list, tuple)):
+        if len(raw) != 2:
+            raise MappingError(f"{label}: a prefixed path must be [prefix_id, rest]")
+        base = prefixes.components(raw[0], label)
+        rest = _as_bytes(raw[1], label)
+        if not rest:
+            return base
+        parts = rest.split(b"/")
+        if b"\0" in rest or any(p in _BAD_COMPONENTS for p in parts):
+            raise MappingError(f"{label}: relative path {display(rest)!r} is not a plain relative path")
+        return base + tuple(parts)
+    return split_inner_path(_as_bytes(raw, label))
+
+
+def decode_underlying(raw: Any, prefixes: PrefixTable, label: str) -> bytes:
+    if isinstance(raw, (list, tuple)):
+        if len(raw) != 2:
+            raise MappingError(f"{label}: a prefixed path must be [prefix_id, rest]")
+        base = prefixes.path(raw[0], label)
+        rest = _as_bytes(raw[1], label)
+        if not rest:
+            return base
+        if rest.startswith(b"/") or b"\0" in rest:
+            raise MappingError(f"{label}: relative path {display(rest)!r} is absolute or has NUL")
+        return (base if base != b"/" else b"") + b"/" + rest
+    return check_underlying(_as_bytes(raw, label))
+
+
+def decode_mappings(raw: Any, prefixes: PrefixTable, label: str) -> tuple[Mapping, ...]:
+    """Decode ``[[path, underlying, writable], ...]``; errors name the index and path."""
+    if not isinstance(raw, (list, tuple)):
+        raise InvalidRequestError(f"{label}: 'mappings' must be an array")
+    out = []
+    append = out.append
+    for index, item in enumerate(raw):
+        if not isinstance(item, (list, tuple)) or not 2 <= len(item) <= 3:
+            raise _mapping_error(label, index, item, "must be [path, underlying, writable]")
+        path, underlying = item[0], item[1]
+        writable = item[2] if len(item) == 3 else False
+        if not isinstance(writable, bool):
+            raise _mapping_error(label, index, path, "'writable' must be true or false")
+        try:
+            # Fast path: prefixed inner path whose rest is one plain name.
+            if type(path) is list and len(path) == 2 and type(path[1]) is str and path[1] \
+                    and "/" not in path[1] and path[1] not in (".", "..") and "\0" not in path[1]:
+                comps = prefixes.components(path[0], label) + (os.fsencode(path[1]),)
+            else:
+                comps = decode_inner_path(path, prefixes, label)
+            host = decode_underlying(underlying, prefixes, label)
+        except SandboxfsError as exc:
+            reason = exc.message.removeprefix(f"{label}: ")
+            raise _mapping_error(label, index, _display_raw(path, prefixes), reason) from None
+        append(Mapping(comps, host, writable))
+    return tuple(out)
+
+
+def _display_raw(path: Any, prefixes: PrefixTable) -> Any:
+    if isinstance(path, (list, tuple)) and len(path) == 2:
+        try:
+            return prefixes.path(path[0], "") + b"/" + _as_bytes(path[1], "")
+        except SandboxfsError:
+            return path
+    if isinstance(path, (str, bytes)):
+        return os.fsencode(path)
+    return path
+
+
+def decode_request(message: Any, prefixes: PrefixTable) -> Request:
+    """Turn one decoded msgpack value into a Request, or raise InvalidRequestError/MappingError."""
+    if not isinstance(message, dict):
+        raise InvalidRequestError(f"a request must be a map, got {type(message).__name__}")
+    request_id = message.get("id")
+    op = message.get("op")
+    if not isinstance(op, str):
+        raise InvalidRequestError("request has no string field 'op'")
+    if op not in OPS:
+        raise InvalidRequestError(f"unknown op {op!r}; known: {', '.join(OPS)}")
+    unknown = set(message) - _FIELDS[op]
+    if unknown:
+        raise InvalidRequestError(f"{op}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    if "prefixes" in message:
+        prefixes.register(message["prefixes"], op)
+    name = None
+    if op in ("create_sandbox", "destroy_sandbox", "map", "unmap"):
+        name = _as_bytes(_field(message, "name", op, (str, bytes)), op)
+        label = f"{op} {display(name)!r}"
+    else:
+        label = op
+    if op in ("create_sandbox", "map"):
+        mappings = decode_mappings(_field(message, "mappings", label, (list,)), prefixes, label)
+        return Request(request_id, op, name, mappings=mappings)
+    if op == "unmap":
+        raw_paths = _field(message, "paths", label, (list,))
+        paths = []
+        for index, raw in enumerate(raw_paths):
+            try:
+                paths.append(decode_inner_path(raw, prefixes, label))
+            except SandboxfsError as exc:
+                reason = exc.message.removeprefix(f"{label}: ")
+                raise _mapping_error(label, index, _display_raw(raw, prefixes), reason) from None
+        return Request(request_id, op, name, paths=tuple(paths))
+    if op == "ping":
+        version = _field(message, "version", op, (int,), required=False)
+        return Request(request_id, op, version=version if version is not None else PROTOCOL_VERSION)
+    return Request(request_id, op, name)
+
+
+_COMMON = {"id", "op", "prefixes"}
+_FIELDS = {
+    "ping": _COMMON | {"version"},
+    "create_sandbox": _COMMON | {"name", "mappings"},
+    "destroy_sandbox": _COMMON | {"name"},
+    "map": _COMMON | {"name", "mappings"},
+    "unmap": _COMMON | {"name", "paths"},
+    "list": _COMMON,
+    "stats": _COMMON,
+}
+
+
+def name_value(raw: bytes) -> str | bytes:
+    """A name for a response: str when it is UTF-8, bytes otherwise."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+def ok(request_id: Any, result: dict | None = None) -> dict:
+    return {"id": request_id, "result": result or {}}
+
+
+def error(request_id: Any, code: str, message: str, details: dict | None = None) -> dict:
+    return {"id": request_id, "error": {"code": code, "message": message, "details": details or {}}}
+
+
+def error_from(request_id: Any, exc: SandboxfsError) -> dict:
+    return error(request_id, exc.code, exc.message, exc.details)

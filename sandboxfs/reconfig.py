@@ -1,0 +1,165 @@
+"""Applying control requests: the tree changes, then the kernel forgets what changed.
+
+The ``Reconfigurer`` is what the control server (and the 0.2 compatibility
+front end) talks to.  It sees the kernel only through a ``KernelCache``
+(one method: invalidate these entries), so it is tested against a recording
+fake and used for real with ``ops.KernelCache``.
+
+Large requests are decoded and built off the event loop: a 100,000-mapping
+create_sandbox spends ~100 ms in Python, and the loop also serves every FUSE
+request of every sandbox.  In a worker thread that work only takes the GIL
+in turns (``sys.getswitchinterval()``, 5 ms), so other sandboxes' I/O waits
+at most that long per turn.  The sandbox is attached on the loop, in one
+step, and the response is sent only after the kernel has dropped its cached
+entries, so nothing stale can be read after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from collections import Counter
+from typing import Any, Callable, Protocol, Sequence
+
+import trio
+
+from . import __version__
+from .errors import SandboxfsError
+from .protocol import PROTOCOL_VERSION, PrefixTable, Request, decode_request, name_value
+from .tree import Node, Tree, require_underlying
+
+log = logging.getLogger(__name__)
+
+# Requests with more mappings than this are decoded and built in a worker thread.
+OFF_LOOP_MAPPINGS = 512
+
+
+class KernelCache(Protocol):
+    async def invalidate(self, entries: Sequence[tuple[Node, bytes]]) -> None:
+        """Make the kernel drop its cached (directory, name) entries (positive or negative)."""
+
+
+class NoKernel:
+    """For a tree that is not mounted (tests, dry runs): nothing is cached."""
+
+    async def invalidate(self, entries: Sequence[tuple[Node, bytes]]) -> None:
+        return None
+
+
+def _large(message: Any) -> bool:
+    if not isinstance(message, dict):
+        return False
+    items = message.get("mappings")
+    return isinstance(items, list) and len(items) > OFF_LOOP_MAPPINGS
+
+
+class Reconfigurer:
+    """Turns decoded request messages into tree changes and answers."""
+
+    def __init__(
+        self,
+        tree: Tree,
+        kernel: KernelCache | None = None,
+        fuse_counts: Callable[[], dict[str, int]] | None = None,
+        inode_counts: Callable[[], dict[str, int]] | None = None,
+        mount_point: str | None = None,
+    ) -> None:
+        self.tree = tree
+        self.mount_point = mount_point
+        self.kernel = kernel or NoKernel()
+        self._fuse_counts = fuse_counts or dict
+        self._inode_counts = inode_counts or dict
+        self.requests: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.started = time.monotonic()
+        self._lock = trio.Lock()  # one change at a time: changes are all-or-nothing
+
+    async def apply(self, message: Any, prefixes: PrefixTable) -> dict:
+        """Apply one request message; returns the result map or raises SandboxfsError."""
+        op = message.get("op") if isinstance(message, dict) else None
+        try:
+            if op == "create_sandbox" and _large(message):
+                sandbox = await trio.to_thread.run_sync(self._decode_and_build, message, prefixes)
+                async with self._lock:
+                    result = await self._attach(sandbox)
+            else:
+                request = decode_request(message, prefixes)
+                async with self._lock:
+                    result = await self._dispatch(request)
+        except SandboxfsError as exc:
+            self.errors[exc.code] += 1
+            self.requests[str(op)] += 1
+            raise
+        self.requests[str(op)] += 1
+        return result
+
+    def _decode_and_build(self, message: Any, prefixes: PrefixTable):
+        request = decode_request(message, prefixes)
+        return self.tree.build_sandbox(request.name, request.mappings)
+
+    async def _attach(self, sandbox) -> dict:
+        await self.kernel.invalidate(self.tree.attach_sandbox(sandbox))
+        result = {"name": name_value(sandbox.name), "mappings": sandbox.mapping_count}
+        if self.mount_point is not None:
+            result["path"] = name_value(os.path.join(os.fsencode(self.mount_point), sandbox.name))
+        return result
+
+    async def _dispatch(self, request: Request) -> dict:
+        tree = self.tree
+        op = request.op
+        if op == "create_sandbox":
+            return await self._attach(tree.build_sandbox(request.name, request.mappings))
+        if op == "destroy_sandbox":
+            await self.kernel.invalidate(tree.destroy_sandbox(request.name))
+            return {"name": name_value(request.name)}
+        if op == "map":
+            mappings = request.mappings
+            if len(mappings) > OFF_LOOP_MAPPINGS:
+                await trio.to_thread.run_sync(require_underlying, f"map {request.name!r}", mappings)
+                changed = tree.map(request.name, mappings, checked=True)
+            else:
+                changed = tree.map(request.name, mappings)
+            await self.kernel.invalidate(changed)
+            return {"name": name_value(request.name), "mapped": len(mappings)}
+        if op == "unmap":
+            await self.kernel.invalidate(tree.unmap(request.name, request.paths))
+            return {"name": name_value(request.name), "unmapped": len(request.paths)}
+        if op == "list":
+            return {
+                "sandboxes": [
+                    {"name": name_value(s.name), "mappings": s.mapping_count}
+                    for s in tree.sandboxes.values()
+                ]
+            }
+        if op == "stats":
+            return self.stats()
+        if op == "ping":
+            return {
+                "protocol": min(request.version, PROTOCOL_VERSION),
+                "server_protocol": PROTOCOL_VERSION,
+                "server": f"sandboxfs {__version__}",
+            }
+        raise AssertionError(f"op {op!r} passed decoding but has no handler")  # pragma: no cover
+
+    def stats(self) -> dict:
+        return {
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "requests": dict(self.requests),
+            "errors": dict(self.errors),
+            "sandboxes": len(self.tree.sandboxes),
+            "mappings": self.tree.mapping_count,
+            "fuse_ops": dict(self._fuse_counts()),
+            **self._inode_counts(),
+            "rss_bytes": _rss_bytes(),
+            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
