@@ -51,27 +51,42 @@ class _Session:
         parent, _, name = path.rpartition(b"/")
         if not parent or not name:
             return path
-        ident = self._prefix_ids.get(parent)
-        if ident is None:
-            ident = self._prefix_ids[parent] = len(self._prefix_ids) + 1
-            table[ident] = parent
-            self._sent_now.append(parent)
-        return [ident, _wire(name)]
+        return [self._prefix(parent, table)[0], name]
 
     def encode_mappings(self, mappings: Iterable[MappingArg], table: dict[int, bytes]) -> list:
-        wire = []
+        """Mappings whose two paths end in the same name and share both parent
+        directories and writability travel as one group: ``[dir, host_dir, w, [names]]``."""
+        groups: dict[tuple[bytes, bytes, bool], list[bytes]] = {}
+        wire: list = []
         for item in mappings:
             if isinstance(item, Mapping):
                 path, underlying, writable = item.path, item.underlying, item.writable
             else:
-                path, underlying, *rest = item
-                writable = bool(rest[0]) if rest else False
-            wire.append([
-                self._compress(os.fsencode(path), table),
-                self._compress(os.fsencode(underlying), table),
-                writable,
-            ])
-        return wire
+                path, underlying = _encode(item[0]), _encode(item[1])
+                writable = len(item) > 2 and bool(item[2])
+            directory, _, name = path.rpartition(b"/")
+            host_dir, _, host_name = underlying.rpartition(b"/")
+            if name and name == host_name and directory and host_dir:
+                names = groups.get((directory, host_dir, writable))
+                if names is None:
+                    names = groups[(directory, host_dir, writable)] = []
+                    wire.append((directory, host_dir, writable, names))
+                names.append(name)
+            else:
+                wire.append([self._compress(path, table), self._compress(underlying, table), writable])
+        return [
+            [self._prefix(entry[0], table), self._prefix(entry[1], table), entry[2], entry[3]]
+            if isinstance(entry, tuple) else entry
+            for entry in wire
+        ]
+
+    def _prefix(self, directory: bytes, table: dict[int, bytes]) -> list:
+        ident = self._prefix_ids.get(directory)
+        if ident is None:
+            ident = self._prefix_ids[directory] = len(self._prefix_ids) + 1
+            table[ident] = directory
+            self._sent_now.append(directory)
+        return [ident, b""]
 
     def request(self, op: str, **fields: Any) -> tuple[int, bytes]:
         request_id = self._next_id
@@ -83,12 +98,12 @@ class _Session:
             if key == "mappings":
                 value = self.encode_mappings(value, table)
             elif key == "paths":
-                value = [self._compress(os.fsencode(p), table) for p in value]
+                value = [self._compress(_encode(p), table) for p in value]
             elif key == "name":
-                value = _wire(os.fsencode(value))
+                value = _encode(value)
             message[key] = value
         if table:
-            message["prefixes"] = {k: _wire(v) for k, v in table.items()}
+            message["prefixes"] = table
         return request_id, encode(message)
 
     def result(self, request_id: int, response: Any) -> dict:
@@ -108,12 +123,11 @@ class _Session:
         return error_for_code(str(err.get("code")), str(err.get("message")), err.get("details"))
 
 
-def _wire(raw: bytes) -> str | bytes:
-    """Send UTF-8 names as msgpack str (smaller to decode), others as bin."""
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return raw
+def _encode(path: PathArg) -> bytes:
+    """os.fsencode without its Python-level overhead for the common str case."""
+    if type(path) is str:
+        return path.encode("utf-8", "surrogateescape")
+    return os.fsencode(path)
 
 
 class Client:

@@ -103,3 +103,43 @@ def parse_mapping_flag(text: str) -> Mapping:
 
 def describe_all(mappings: Iterable[Mapping]) -> str:
     return ", ".join(m.describe() for m in mappings)
+
+
+@attrs.frozen(slots=True)
+class MappingGroup:
+    """Many mappings at once: ``directory/NAME`` shows ``host_dir/NAME`` for each NAME.
+
+    This is how toolchains are mapped (a header directory mirrored file by
+    file), and it is what keeps a 100,000-mapping sandbox cheap: the names are
+    checked and stored in bulk, and read-only ones share one host-directory
+    string instead of a node each.  ``names`` are already validated: no '/',
+    no NUL, not '', '.' or '..', no duplicates.
+    """
+
+    directory: tuple[bytes, ...]
+    host_dir: bytes
+    writable: bool
+    names: tuple[bytes, ...] | list[bytes]
+
+    def path(self, offset: int) -> bytes:
+        return b"/" + b"/".join(self.directory + (self.names[offset],))
+
+
+def check_names(names: list[bytes]) -> str | None:
+    """Why a list of entry names is unusable, or None if it is fine (bulk checks in C)."""
+    unique = set(names)
+    if len(unique) != len(names):
+        return "a name is listed twice"
+    if unique & {b"", b".", b".."}:
+        return "a name is empty, '.' or '..'"
+    joined = b"/".join(names)
+    if b"\0" in joined:
+        return "a name contains a NUL byte"
+    if joined.count(b"/") != len(names) - 1:
+        return "a name contains '/'"
+    return None
+
+
+def spec_size(spec: "Mapping | MappingGroup") -> int:
+    """How many mappings a spec stands for."""
+    return len(spec.names) if isinstance(spec, MappingGroup) else 1

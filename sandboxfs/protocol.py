@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from .errors import InvalidRequestError, MappingError, SandboxfsError
-from .mapping import Mapping, check_underlying, display, split_inner_path
+from .mapping import Mapping, MappingGroup, check_names, check_underlying, display, split_inner_path
 
 PROTOCOL_VERSION = 1
 OPS = ("ping", "create_sandbox", "destroy_sandbox", "map", "unmap", "list", "stats")
@@ -35,7 +35,7 @@ class Request:
     id: Any
     op: str
     name: bytes | None = None
-    mappings: tuple[Mapping, ...] = ()
+    mappings: tuple[Mapping | MappingGroup, ...] = ()
     paths: tuple[tuple[bytes, ...], ...] = ()
     version: int = PROTOCOL_VERSION
 
@@ -144,31 +144,56 @@ def decode_underlying(raw: Any, prefixes: PrefixTable, label: str) -> bytes:
     return check_underlying(_as_bytes(raw, label))
 
 
-def decode_mappings(raw: Any, prefixes: PrefixTable, label: str) -> tuple[Mapping, ...]:
-    """Decode ``[[path, underlying, writable], ...]``; errors name the index and path."""
+def _decode_names(raw: Any, label: str) -> list[bytes]:
+    if not isinstance(raw, list):
+        raise MappingError(f"{label}: the names of a group must be an array")
+    try:
+        b"".join(raw)
+        names = raw  # all bytes already: the common, cheap case
+    except TypeError:
+        names = [_as_bytes(n, label) for n in raw]
+    reason = check_names(names)
+    if reason:
+        raise MappingError(f"{label}: {reason}")
+    return names
+
+
+def decode_mappings(raw: Any, prefixes: PrefixTable, label: str) -> tuple[Mapping | MappingGroup, ...]:
+    """Decode the ``mappings`` array; errors name the mapping's index, path and reason.
+
+    An element is a mapping ``[path, underlying, writable]`` or a group
+    ``[directory, host_directory, writable, [name, ...]]``, which stands for
+    one mapping per name and counts as that many for indices.
+    """
     if not isinstance(raw, (list, tuple)):
         raise InvalidRequestError(f"{label}: 'mappings' must be an array")
-    out = []
-    append = out.append
-    for index, item in enumerate(raw):
-        if not isinstance(item, (list, tuple)) or not 2 <= len(item) <= 3:
-            raise _mapping_error(label, index, item, "must be [path, underlying, writable]")
+    out: list[Mapping | MappingGroup] = []
+    index = 0
+    for item in raw:
+        if not isinstance(item, (list, tuple)) or not 2 <= len(item) <= 4:
+            raise _mapping_error(label, index, item,
+                                 "must be [path, underlying, writable] or "
+                                 "[directory, host_directory, writable, [names]]")
         path, underlying = item[0], item[1]
-        writable = item[2] if len(item) == 3 else False
+        writable = item[2] if len(item) >= 3 else False
         if not isinstance(writable, bool):
-            raise _mapping_error(label, index, path, "'writable' must be true or false")
+            raise _mapping_error(label, index, _display_raw(path, prefixes),
+                                 "'writable' must be true or false")
         try:
-            # Fast path: prefixed inner path whose rest is one plain name.
-            if type(path) is list and len(path) == 2 and type(path[1]) is str and path[1] \
-                    and "/" not in path[1] and path[1] not in (".", "..") and "\0" not in path[1]:
-                comps = prefixes.components(path[0], label) + (os.fsencode(path[1]),)
-            else:
-                comps = decode_inner_path(path, prefixes, label)
+            if len(item) == 4:
+                names = _decode_names(item[3], label)
+                group = MappingGroup(decode_inner_path(path, prefixes, label),
+                                     decode_underlying(underlying, prefixes, label), writable, names)
+                out.append(group)
+                index += len(names)
+                continue
+            comps = decode_inner_path(path, prefixes, label)
             host = decode_underlying(underlying, prefixes, label)
         except SandboxfsError as exc:
             reason = exc.message.removeprefix(f"{label}: ")
             raise _mapping_error(label, index, _display_raw(path, prefixes), reason) from None
-        append(Mapping(comps, host, writable))
+        out.append(Mapping(comps, host, writable))
+        index += 1
     return tuple(out)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .errors import (
     AlreadyMappedError,
@@ -37,9 +37,11 @@ from .errors import (
     NotFoundError,
     SandboxExistsError,
     InvalidRequestError,
+    describe_oserror,
 )
-from .mapping import Mapping, display
+from .mapping import Mapping, MappingGroup, display, spec_size
 from . import underlying as _underlying
+from .underlying import split_host_path
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +110,26 @@ class MappedNode(Node):
     def host_path(self) -> bytes:
         """The host path behind this node now.
 
-        Raises FileNotFoundError for a discovered node that was unlinked or
-        replaced (its parent link was cut); the ops layer then falls back to
-        an open file descriptor if there is one.
+        An explicit node stores its host directory in ``origin`` and its host
+        name in ``name`` (or the whole path in ``origin`` when ``name`` is
+        None), so siblings share one directory string.  Raises
+        FileNotFoundError for a discovered node that was unlinked or replaced
+        (its parent link was cut); the ops layer then falls back to an open
+        file descriptor if there is one.
         """
-        if self.origin is not None:
-            return self.origin
         parts = []
-        node: MappedNode | None = self
-        while node is not None and node.origin is None:
+        node: MappedNode = self
+        while node.origin is None:
             if node.parent is None:
                 raise FileNotFoundError(2, "node was removed from its directory")
             parts.append(node.name)
             node = node.parent
-        if node is None:  # pragma: no cover - a discovered chain always ends explicitly
-            raise FileNotFoundError(2, "node has no mapped ancestor")
-        parts.append(node.origin)
+        if node.name is not None:
+            parts.append(node.name)
+        origin = node.origin
+        if not parts:
+            return origin
+        parts.append(origin if origin != b"/" else b"")
         parts.reverse()
         return b"/".join(parts)
 
@@ -134,8 +140,7 @@ class MappedNode(Node):
     # -- discovered children -------------------------------------------------
 
     def overlay(self, name: bytes) -> Node | None:
-        overlays = self.overlays
-        return overlays.get(name) if overlays else None
+        return child_of(self.overlays, name)
 
     def discovered(self, name: bytes, st: os.stat_result) -> "MappedNode":
         """The node for host entry ``name`` (whose lstat is ``st``), reused if unchanged."""
@@ -190,6 +195,23 @@ class MappedNode(Node):
             del known[node.name]
 
 
+def child_of(container: dict | None, name: bytes) -> Node | None:
+    """The node stored under ``name``, turning a lazy read-only leaf into a node.
+
+    Containers (scaffold children, overlays) hold either nodes or, for a
+    read-only mapping whose host name equals its name, just the host
+    directory as ``bytes``: one shared string instead of a node per mapping,
+    which is what keeps 100,000-mapping sandboxes small and fast to build.
+    The node is made (and stored back) the first time anyone asks for it.
+    """
+    if not container:
+        return None
+    value = container.get(name)
+    if type(value) is bytes:
+        value = container[name] = MappedNode(value, False, name=name)
+    return value
+
+
 def lookup(parent: Node, name: bytes) -> tuple[Node, os.stat_result | None] | None:
     """Resolve ``name`` in directory ``parent``: (node, its lstat or None), or None if absent.
 
@@ -198,12 +220,12 @@ def lookup(parent: Node, name: bytes) -> tuple[Node, os.stat_result | None] | No
     Raises OSError for host errors other than "not there".
     """
     if isinstance(parent, ScaffoldDir):
-        child = parent.children.get(name)
+        child = child_of(parent.children, name)
         if child is None:
             return None
         return child, stat_of(child)
     assert isinstance(parent, MappedNode)
-    child = parent.overlay(name)
+    child = child_of(parent.overlays, name)
     if child is not None:
         return child, stat_of(child)
     try:
@@ -228,10 +250,11 @@ def list_directory(node: Node) -> list[tuple[bytes, Node | None]]:
     host-only entries: the caller does that when it needs attributes.
     """
     if isinstance(node, ScaffoldDir):
-        return list(node.children.items())
+        container = node.children
+        return [(name, child_of(container, name)) for name in list(container)]
     assert isinstance(node, MappedNode)
     overlays = node.overlays or {}
-    entries: list[tuple[bytes, Node | None]] = list(overlays.items())
+    entries: list[tuple[bytes, Node | None]] = [(n, child_of(overlays, n)) for n in list(overlays)]
     for name in os.listdir(node.host_path()):
         if name not in overlays:
             entries.append((name, None))
@@ -240,95 +263,152 @@ def list_directory(node: Node) -> list[tuple[bytes, Node | None]]:
 
 # -- building the tree from mappings ---------------------------------------------------
 
+Spec = Mapping | MappingGroup
+
 
 class _Batch:
-    """Inserts a list of mappings under one holder node, all or nothing.
+    """Inserts mapping specs under one holder node, all or nothing.
 
-    Every dict store is journaled so that a failure half way undoes exactly
-    what this batch did.  Scaffolds created by this batch may later be turned
-    into mappings by the same batch (so the order of mappings in a request does
-    not matter); scaffolds that existed before may not.
+    Every store into a container is journaled so that a failure half way
+    undoes exactly what this batch did.  Scaffolds created by this batch may
+    later be turned into mappings by the same batch (so the order of mappings
+    in a request does not matter); scaffolds that existed before may not.
+    Directory walks are cached per batch: a group's siblings share one walk.
     """
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, holder: ScaffoldDir, key: bytes) -> None:
         self.label = label
-        self.journal: list[tuple[dict, bytes, Node | None]] = []
+        self.holder = holder
+        self.key = key
+        self.journal: list[tuple[dict, Any, Any]] = []
         self.new_scaffolds: set[int] = set()
         self.changed: list[tuple[Node, bytes]] = []
         self.checked_dirs: set[int] = set()
+        self._dirs: dict[tuple[bytes, ...], tuple[Node, dict]] = {}
 
-    def store(self, container: dict, name: bytes, node: Node) -> None:
+    # -- journal ---------------------------------------------------------------------
+
+    def store(self, container: dict, name: bytes, value: Node | bytes) -> None:
         self.journal.append((container, name, container.get(name)))
-        container[name] = node
+        container[name] = value
 
     def undo(self) -> None:
         for container, name, previous in reversed(self.journal):
-            if previous is None:
+            if type(name) is list:  # a bulk store of new names
+                for added in name:
+                    container.pop(added, None)
+            elif previous is None:
                 container.pop(name, None)
             else:
                 container[name] = previous
         self.journal.clear()
 
-    def fail(self, index: int, mapping: Mapping, reason: str, error=MappingError) -> None:
+    def fail(self, index: int, path: bytes, reason: str, error=MappingError) -> None:
         raise error(
-            f"{self.label}: mapping {index} ({display(mapping.path)}): {reason}",
-            details={"index": index, "path": display(mapping.path), "reason": reason},
+            f"{self.label}: mapping {index} ({display(path)}): {reason}",
+            details={"index": index, "path": display(path), "reason": reason},
         )
 
-    def children_of(self, node: Node, create: bool) -> dict | None:
+    # -- walking ---------------------------------------------------------------------
+
+    def _children(self, node: Node) -> dict:
         if isinstance(node, ScaffoldDir):
             return node.children
         assert isinstance(node, MappedNode)
-        if node.overlays is None and create:
+        if node.overlays is None:
             node.overlays = {}
         return node.overlays
 
-    def insert(self, holder: ScaffoldDir, key: bytes, index: int, mapping: Mapping) -> None:
-        container: dict = holder.children
-        name = key
-        parent: Node = holder
-        for part in mapping.components:
-            node = container[name]
+    def directory(self, comps: tuple[bytes, ...], index: int, path: bytes) -> tuple[Node, dict]:
+        """The node at ``comps`` (scaffolds made as needed) and its child container."""
+        hit = self._dirs.get(comps)
+        if hit is not None:
+            return hit
+        container: dict = self.holder.children
+        name = self.key
+        for part in comps:
+            node = child_of(container, name)
             if isinstance(node, MappedNode):
-                self.require_directory(index, mapping, node)
-            children = self.children_of(node, create=True)
-            assert children is not None
+                self.require_directory(index, path, node)
+            children = self._children(node)
             if part not in children:
                 scaffold = ScaffoldDir()
                 self.new_scaffolds.add(id(scaffold))
                 self.store(children, part, scaffold)
                 self.note_change(node, part)
-            parent, container, name = node, children, part
-        self.place(parent, container, name, index, mapping)
+            container, name = children, part
+        node = child_of(container, name)
+        if isinstance(node, MappedNode):
+            self.require_directory(index, path, node)
+        hit = self._dirs[comps] = (node, self._children(node))
+        return hit
 
-    def place(self, parent: Node, container: dict, name: bytes, index: int, mapping: Mapping) -> None:
+    # -- placing ---------------------------------------------------------------------
+
+    def insert(self, index: int, spec: Spec) -> None:
+        if isinstance(spec, MappingGroup):
+            self.insert_group(index, spec)
+            return
+        comps = spec.components
+        if not comps:  # the holder's node itself ("/" of the mount or sandbox)
+            self.place(self.holder, self.holder.children, self.key, index, spec.path,
+                       MappedNode(spec.underlying, spec.writable))
+            return
+        parent, container = self.directory(comps[:-1], index, spec.path)
+        directory, name = split_host_path(spec.underlying)
+        if name == comps[-1] and not spec.writable:
+            leaf: Node | bytes = directory
+        else:
+            leaf = MappedNode(directory, spec.writable, name=name or None)
+            if not name:
+                leaf.origin = spec.underlying
+        self.place(parent, container, comps[-1], index, spec.path, leaf)
+
+    def insert_group(self, index: int, group: MappingGroup) -> None:
+        parent, container = self.directory(group.directory, index, group.path(0))
+        names = group.names
+        if not group.writable and container.keys().isdisjoint(names):
+            # The bulk path: names are unique (checked at decode), none taken.
+            added = list(names)
+            container.update(dict.fromkeys(added, group.host_dir))
+            self.journal.append((container, added, None))
+            if parent.ino:
+                self.changed.extend((parent, name) for name in added)
+            return
+        for offset, name in enumerate(names):
+            leaf = group.host_dir if not group.writable else MappedNode(
+                group.host_dir, True, name=name)
+            self.place(parent, container, name, index + offset, group.path(offset), leaf)
+
+    def place(self, parent: Node, container: dict, name: bytes, index: int, path: bytes,
+              leaf: Node | bytes) -> None:
         existing = container.get(name)
-        leaf = MappedNode(mapping.underlying, mapping.writable)
-        if isinstance(existing, MappedNode):
-            self.fail(index, mapping, "already mapped", AlreadyMappedError)
-        if isinstance(existing, ScaffoldDir):
+        if existing is not None:
+            if not isinstance(existing, ScaffoldDir):
+                self.fail(index, path, "already mapped", AlreadyMappedError)
             if id(existing) not in self.new_scaffolds:
-                self.fail(
-                    index,
-                    mapping,
-                    "is a scaffold directory of other mappings; map it before them or not at all",
-                    AlreadyMappedError,
-                )
-            # Created by this batch for deeper mappings: those become overlays.
-            if existing.children:
-                leaf.overlays = dict(existing.children)
+                self.fail(index, path,
+                          "is a scaffold directory of other mappings; map it before them or not at all",
+                          AlreadyMappedError)
+            # Made by this batch for deeper mappings: they become overlays of
+            # the new mapping (the same dict, so cached walks stay valid).
+            if type(leaf) is bytes:
+                leaf = MappedNode(leaf, False, name=name)
+            leaf.overlays = existing.children
+            self.require_directory(index, path, leaf)
         self.store(container, name, leaf)
         self.note_change(parent, name)
 
-    def require_directory(self, index: int, mapping: Mapping, node: MappedNode) -> None:
+    def require_directory(self, index: int, path: bytes, node: MappedNode) -> None:
         if id(node) in self.checked_dirs:
             return
+        host = node.host_path()
         try:
-            st = os.lstat(node.host_path())
+            st = os.lstat(host)
         except OSError as exc:
-            self.fail(index, mapping, f"cannot nest below {display(node.host_path())}: {exc.strerror}")
+            self.fail(index, path, f"cannot nest below {display(host)}: {describe_oserror(exc)}")
         if not stat.S_ISDIR(st.st_mode):
-            self.fail(index, mapping, f"cannot nest below {display(node.host_path())}: not a directory")
+            self.fail(index, path, f"cannot nest below {display(host)}: ENOTDIR (Not a directory)")
         self.checked_dirs.add(id(node))
 
     def note_change(self, parent: Node, name: bytes) -> None:
@@ -336,17 +416,39 @@ class _Batch:
             self.changed.append((parent, name))
 
 
-def require_underlying(label: str, mappings: Sequence[Mapping]) -> None:
+def _host_entries(specs: Sequence[Spec]):
+    for spec in specs:
+        if isinstance(spec, MappingGroup):
+            yield spec.host_dir, spec.names
+        else:
+            directory, name = split_host_path(spec.underlying)
+            yield directory, (name,)
+
+
+def _spec_at(specs: Sequence[Spec], index: int) -> tuple[bytes, bytes]:
+    """(path inside, underlying) of the mapping with flat index ``index``."""
+    for spec in specs:
+        size = spec_size(spec)
+        if index < size:
+            if isinstance(spec, MappingGroup):
+                name = spec.names[index]
+                return spec.path(index), spec.host_dir.rstrip(b"/") + b"/" + name
+            return spec.path, spec.underlying
+        index -= size
+    raise IndexError(index)
+
+
+def require_underlying(label: str, specs: Sequence[Spec]) -> None:
     """Raise MappingError naming the first mapping whose underlying path is missing."""
-    missing = _underlying.find_missing([m.underlying for m in mappings])
+    missing = _underlying.find_missing(_host_entries(specs))
     if missing:
         index = min(missing)
-        m = mappings[index]
-        reason = f"underlying path {display(m.underlying)} does not exist: {missing[index]}"
+        path, host = _spec_at(specs, index)
+        reason = f"underlying path {display(host)} does not exist: {missing[index]}"
         raise MappingError(
-            f"{label}: mapping {index} ({display(m.path)}): {reason}",
-            details={"index": index, "path": display(m.path), "reason": reason,
-                     "missing": sorted(missing)},
+            f"{label}: mapping {index} ({display(path)}): {reason}",
+            details={"index": index, "path": display(path), "reason": reason,
+                     "missing": sorted(missing)[:100]},
         )
 
 
@@ -414,17 +516,19 @@ class Tree:
         """
         if not checked:
             require_underlying(label, mappings)
-        batch = _Batch(label)
+        batch = _Batch(label, holder, key)
         if fresh:  # an empty new top may itself be mapped ("/" in the request)
             batch.new_scaffolds.add(id(holder.children[key]))
+        index = 0
         try:
-            for index, mapping in enumerate(mappings):
-                batch.insert(holder, key, index, mapping)
+            for spec in mappings:
+                batch.insert(index, spec)
+                index += spec_size(spec)
         except BaseException:
             batch.undo()
             raise
         if count:
-            self.mapping_count += len(mappings)
+            self.mapping_count += index
         return batch.changed
 
     # -- sandboxes -------------------------------------------------------------------
@@ -450,7 +554,7 @@ class Tree:
         holder = ScaffoldDir()
         holder.children[raw] = ScaffoldDir()
         self._apply(label, holder, raw, mappings, fresh=True, count=False)
-        return Sandbox(raw, holder.children[raw], len(mappings))
+        return Sandbox(raw, holder.children[raw], count_mappings(mappings))
 
     def attach_sandbox(self, sandbox: Sandbox) -> list:
         """Make a built sandbox visible as ``/name``."""
@@ -493,7 +597,7 @@ class Tree:
             sandbox.node = holder.children[raw]
             self._root_children()[raw] = sandbox.node
             changed.append((self.root, raw))
-        sandbox.mapping_count += len(mappings)
+        sandbox.mapping_count += count_mappings(mappings)
         return changed
 
     def unmap(self, name: str | bytes, paths: Iterable[Sequence[bytes]]) -> list:
@@ -558,7 +662,7 @@ class Tree:
         node = top
         for part in comps:
             if isinstance(node, ScaffoldDir):
-                child = node.children.get(part)
+                child = child_of(node.children, part)
             elif isinstance(node, MappedNode):
                 child = node.overlay(part)
             else:  # pragma: no cover
@@ -577,11 +681,15 @@ class Tree:
 
     def first_host_path(self) -> bytes | None:
         """A host path behind the mount, for statfs: the root mapping, else the first mapping."""
-        stack = [self.root]
-        while stack:
-            node = stack.pop(0)
+        queue = [self.root]
+        while queue:
+            node = queue.pop(0)
             if isinstance(node, MappedNode):
                 return node.host_path()
-            if isinstance(node, ScaffoldDir):
-                stack.extend(node.children.values())
+            assert isinstance(node, ScaffoldDir)
+            queue.extend(child_of(node.children, name) for name in list(node.children))
         return None
+
+
+def count_mappings(specs: Sequence[Spec]) -> int:
+    return sum(spec_size(spec) for spec in specs)
