@@ -99,18 +99,41 @@ def prepare_mount_point(path: str) -> None:
     del st
 
 
-async def _watch_signals(cancel_scope: trio.CancelScope, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+class _EarlySignals:
+    """Records shutdown signals that arrive before trio watches them.
+
+    The kernel mount exists from ``pyfuse3.init`` on; a signal between then
+    and the trio watcher must still unmount, not kill us with the mount left
+    behind.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        for signum in SHUTDOWN_SIGNALS:
+            signal.signal(signum, self._record)
+
+    def _record(self, signum: int, frame) -> None:
+        self.received.append(signum)
+
+
+async def _watch_signals(
+    cancel_scope: trio.CancelScope, early: _EarlySignals, *, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
         task_status.started()
+        if early.received:
+            log.info("received %s during start-up; unmounting", signal.Signals(early.received[0]).name)
+            cancel_scope.cancel()
+            return
         async for signum in signals:
             log.info("received %s; unmounting", signal.Signals(signum).name)
             cancel_scope.cancel()
             return
 
 
-async def _serve(services: Sequence[Service]) -> None:
+async def _serve(services: Sequence[Service], early: _EarlySignals) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(_watch_signals, nursery.cancel_scope)
+        await nursery.start(_watch_signals, nursery.cancel_scope, early)
         for service in services:
             await nursery.start(service)
         await pyfuse3.main(min_tasks=2, max_tasks=64)
@@ -149,6 +172,7 @@ def run(config: MountConfig) -> int:
                 max_message_size=config.max_message_size,
             )
             services.append(server.run)
+        early = _EarlySignals()
         # Modes of created files come from the caller (the kernel already
         # applied its umask); ours must not mask them again.
         os.umask(0)
@@ -164,7 +188,7 @@ def run(config: MountConfig) -> int:
             "mounted at %s with %d mapping(s)%s", config.mount_point, len(config.mappings),
             f"; control socket {config.control}" if config.control else "",
         )
-        trio.run(_serve, services)
+        trio.run(_serve, services, early)
     return 0
 
 

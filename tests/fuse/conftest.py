@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import pytest
 
-from .harness import Mount, world_traversable_tempdir
+from .harness import Mount, is_mounted, world_traversable_tempdir
 
 UNPRIVILEGED_USER = "sbxtest"
 
@@ -47,7 +47,8 @@ def sandboxfs_mount(workdir: Path) -> Callable[..., Mount]:
 
     def start(args: Sequence[str] = (), mount_point: Path | None = None) -> Mount:
         point = mount_point or workdir / f"mnt{len(mounts)}"
-        point.mkdir(exist_ok=True)
+        if not is_mounted(point):  # a dead mount there answers stat with ENOTCONN
+            point.mkdir(exist_ok=True)
         mount = Mount(point, args, workdir / f"sandboxfs{len(mounts)}.log")
         mounts.append(mount)
         return mount.start()

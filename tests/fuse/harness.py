@@ -26,13 +26,18 @@ STOP_TIMEOUT = 10.0
 
 def is_mounted(path: str | os.PathLike) -> bool:
     """True if ``path`` is a mount point (also when the mount is dead: ENOTCONN)."""
+    return bool(mount_ids(path))
+
+
+def mount_ids(path: str | os.PathLike) -> set[str]:
+    """IDs of the mounts at ``path`` (reading mountinfo never touches the filesystem)."""
     target = os.path.realpath(path)
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mount_point = line.split()[4].encode().decode("unicode_escape")
-            if mount_point == target:
-                return True
-    return False
+        return {
+            line.split()[0]
+            for line in f
+            if line.split()[4].encode().decode("unicode_escape") == target
+        }
 
 
 def fusermount_lazy(path: str | os.PathLike) -> None:
@@ -70,6 +75,7 @@ class Mount:
             return ""
 
     def start(self) -> "Mount":
+        replacing = is_mounted(self.mount_point)  # a dead mount may already be there
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -80,11 +86,19 @@ class Mount:
                 raise MountFailed(
                     f"sandboxfs exited with {self.proc.returncode} before mounting:\n{self.log()}"
                 )
-            if is_mounted(self.mount_point):
+            if is_mounted(self.mount_point) and (not replacing or self._answers()):
                 return self
             time.sleep(0.02)
         self.stop()
         raise MountFailed(f"sandboxfs did not mount within {START_TIMEOUT}s:\n{self.log()}")
+
+    def _answers(self) -> bool:
+        """The mount point answers stat (a dead mount says ENOTCONN; IDs get reused)."""
+        try:
+            os.stat(self.mount_point)
+            return True
+        except OSError:
+            return False
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
