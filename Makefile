@@ -4,7 +4,7 @@
 PY ?= python3
 VENV = .venv
 
-.PHONY: system venv test demo clean
+.PHONY: system venv test demo bench-control clean
 
 # Cheap when everything is there, so it runs every time.
 system:
@@ -24,6 +24,9 @@ test: venv
 
 demo: venv
 	$(VENV)/bin/python demo/demo.py
+
+bench-control: venv
+	$(VENV)/bin/python bench/control_speed.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
