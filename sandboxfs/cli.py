@@ -99,7 +99,8 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         control_allow_uids=tuple(args.control_allow_uid),
         max_message_size=args.max_message_size,
     )
-    return run(config)
+    run(config)
+    return 0  # a signal or an external unmount is the normal end of `mount`
 
 
 def build_parser() -> argparse.ArgumentParser:

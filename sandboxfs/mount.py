@@ -99,6 +99,12 @@ def prepare_mount_point(path: str) -> None:
     del st
 
 
+class _Ending:
+    """How the mount ended: the signal number, or 0 for an external unmount."""
+
+    signum = 0
+
+
 class _EarlySignals:
     """Records shutdown signals that arrive before trio watches them.
 
@@ -117,23 +123,29 @@ class _EarlySignals:
 
 
 async def _watch_signals(
-    cancel_scope: trio.CancelScope, early: _EarlySignals, *, task_status=trio.TASK_STATUS_IGNORED
+    cancel_scope: trio.CancelScope,
+    early: _EarlySignals,
+    ending: _Ending,
+    *,
+    task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
         task_status.started()
         if early.received:
-            log.info("received %s during start-up; unmounting", signal.Signals(early.received[0]).name)
+            ending.signum = early.received[0]
+            log.info("received %s during start-up; unmounting", signal.Signals(ending.signum).name)
             cancel_scope.cancel()
             return
         async for signum in signals:
+            ending.signum = signum
             log.info("received %s; unmounting", signal.Signals(signum).name)
             cancel_scope.cancel()
             return
 
 
-async def _serve(services: Sequence[Service], early: _EarlySignals) -> None:
+async def _serve(services: Sequence[Service], early: _EarlySignals, ending: _Ending) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(_watch_signals, nursery.cancel_scope, early)
+        await nursery.start(_watch_signals, nursery.cancel_scope, early, ending)
         for service in services:
             await nursery.start(service)
         await pyfuse3.main(min_tasks=2, max_tasks=64)
@@ -146,24 +158,33 @@ def default_control_path(mount_point: str) -> str:
     return os.path.abspath(mount_point).rstrip("/") + ".sock"
 
 
-def run(config: MountConfig) -> int:
-    """Mount, serve until a signal or an external unmount, unmount; return the exit status."""
+def run(
+    config: MountConfig,
+    services_for: Callable[[Reconfigurer], Sequence[Service]] | None = None,
+) -> int:
+    """Mount, serve until a signal or an external unmount, unmount.
+
+    ``services_for`` adds services that run beside the FUSE loop and may
+    change the tree through the given Reconfigurer (the 0.2 JSON front end).
+    Returns the number of the signal that ended the mount, or 0 when it was
+    unmounted from outside.
+    """
     tree = Tree(config.mappings)  # raises MappingError before anything is mounted
     prepare_mount_point(config.mount_point)
     ops = Operations(tree, ttl=config.ttl, xattrs=config.xattrs)
-    services: list[Service] = []
+    reconfigurer = Reconfigurer(
+        tree,
+        KernelCache(ops.inodes),
+        fuse_counts=lambda: ops.op_counts,
+        inode_counts=ops.inodes.stats,
+        mount_point=os.path.abspath(config.mount_point),
+    )
+    services: list[Service] = list(services_for(reconfigurer)) if services_for else []
     with contextlib.ExitStack() as cleanup:
         if config.control:
             sock = bind_control_socket(config.control)
             cleanup.callback(remove_socket_file, config.control, os.stat(config.control))
             cleanup.callback(sock.close)
-            reconfigurer = Reconfigurer(
-                tree,
-                KernelCache(ops.inodes),
-                fuse_counts=lambda: ops.op_counts,
-                inode_counts=ops.inodes.stats,
-                mount_point=os.path.abspath(config.mount_point),
-            )
             server = ControlServer(
                 reconfigurer,
                 path=config.control,
@@ -188,8 +209,9 @@ def run(config: MountConfig) -> int:
             "mounted at %s with %d mapping(s)%s", config.mount_point, len(config.mappings),
             f"; control socket {config.control}" if config.control else "",
         )
-        trio.run(_serve, services, early)
-    return 0
+        ending = _Ending()
+        trio.run(_serve, services, early, ending)
+    return ending.signum
 
 
 def _unmount(mount_point: str) -> None:

@@ -77,23 +77,40 @@ class Reconfigurer:
         self._lock = trio.Lock()  # one change at a time: changes are all-or-nothing
 
     async def apply(self, message: Any, prefixes: PrefixTable) -> dict:
-        """Apply one request message; returns the result map or raises SandboxfsError."""
+        """Decode and apply one request message; returns the result map or raises SandboxfsError."""
         op = message.get("op") if isinstance(message, dict) else None
-        try:
-            if op == "create_sandbox" and _large(message):
+        if op == "create_sandbox" and _large(message):
+            try:
                 sandbox = await trio.to_thread.run_sync(self._decode_and_build, message, prefixes)
-                async with self._lock:
-                    result = await self._attach(sandbox)
-            else:
-                request = decode_request(message, prefixes)
-                async with self._lock:
-                    result = await self._dispatch(request)
+            except SandboxfsError as exc:
+                self._count(op, exc)
+                raise
+            return await self._counted(op, self._attach, sandbox)
+        try:
+            request = decode_request(message, prefixes)
         except SandboxfsError as exc:
-            self.errors[exc.code] += 1
-            self.requests[str(op)] += 1
+            self._count(str(op), exc)
             raise
-        self.requests[str(op)] += 1
+        return await self.execute(request)
+
+    async def execute(self, request: Request) -> dict:
+        """Apply an already decoded request (the 0.2 JSON front end builds its own)."""
+        return await self._counted(request.op, self._dispatch, request)
+
+    async def _counted(self, op: str, action, argument) -> dict:
+        try:
+            async with self._lock:
+                result = await action(argument)
+        except SandboxfsError as exc:
+            self._count(op, exc)
+            raise
+        self._count(op)
         return result
+
+    def _count(self, op: str, exc: SandboxfsError | None = None) -> None:
+        self.requests[op] += 1
+        if exc is not None:
+            self.errors[exc.code] += 1
 
     def _decode_and_build(self, message: Any, prefixes: PrefixTable):
         request = decode_request(message, prefixes)
