@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class Server:
         self.socket = str(self.mount_point) + ".sock"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sandboxfs", "mount", "--log-level", "warning",
-             "--control", self.socket, str(self.mount_point)],
+             "--ttl", "0", "--control", self.socket, str(self.mount_point)],
         )
         deadline = time.monotonic() + 15
         while not os.path.exists(self.socket):
@@ -128,6 +129,43 @@ def bench_sizes(client: Client, workdir: Path, root: Path, inputs: list[str], si
     return rows
 
 
+def bench_stall(client: Client, server: Server, root: Path, inputs: list[str]) -> dict:
+    """Worst stat latency in one sandbox while another, of len(inputs) mappings, is created."""
+    client.create_sandbox("probe", [("/f", inputs[0])])
+    probe = server.mount_point / "probe" / "f"
+    mappings = [("/external/" + os.path.relpath(p, root), p) for p in inputs]
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def stat_loop() -> None:
+        while not done.is_set():
+            t0 = time.perf_counter()
+            os.stat(probe)  # --ttl 0 below: every stat is a FUSE request
+            latencies.append(time.perf_counter() - t0)
+
+    worker = threading.Thread(target=stat_loop)
+    worker.start()
+    try:
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        client.create_sandbox("big", mappings)
+        took = time.perf_counter() - t0
+        time.sleep(0.2)
+    finally:
+        done.set()
+        worker.join()
+    client.destroy_sandbox("big")
+    client.destroy_sandbox("probe")
+    result = {"mappings": len(inputs), "create_ms": round(took * 1000, 1),
+              "stat_count": len(latencies),
+              "stat_median_us": round(statistics.median(latencies) * 1e6, 1),
+              "stat_max_ms": round(max(latencies) * 1000, 2)}
+    print(f"stall: creating {len(inputs)} mappings took {result['create_ms']} ms; meanwhile "
+          f"{len(latencies)} stats in another sandbox: median {result['stat_median_us']} us, "
+          f"worst {result['stat_max_ms']} ms", flush=True)
+    return result
+
+
 def bench_memory(client: Client, root: Path, inputs: list[str], live: int) -> dict:
     """RSS growth per live mapping with ``live`` mappings in sandboxes of len(inputs) each."""
     base = client.stats()["rss_bytes"]
@@ -164,6 +202,7 @@ def main(argv=None) -> int:
                 "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                             "kernel": os.uname().release},
                 "create_destroy": bench_sizes(client, workdir, root, inputs, sizes, repeats),
+                "stall": bench_stall(client, server, root, inputs),
                 "memory": bench_memory(client, root, inputs, live),
             }
         if args.json:
