@@ -12,7 +12,7 @@ No trio, no sockets: the server and both clients use this.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import msgpack
 
@@ -30,7 +30,14 @@ class MessageTooLarge(FramingError):
 
 
 class MessageReader:
-    """Feed bytes, iterate complete messages."""
+    """Feed bytes, drain complete messages.
+
+    The size limit applies to one message, not to one read: received bytes
+    wait in ``_raw`` and go to the unpacker in slices that never make its
+    unconsumed buffer exceed the limit, so many small pipelined messages in
+    one chunk are fine and one oversized message is refused as soon as the
+    limit is reached.
+    """
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.max_message_size = max_message_size
@@ -39,31 +46,42 @@ class MessageReader:
             strict_map_key=False,  # prefix tables have integer keys
             max_buffer_size=max_message_size,
         )
-        self.pending = 0  # bytes fed since the last whole message
+        self._raw = bytearray()
+        self._fed = 0  # bytes given to the unpacker so far
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that are not part of a decoded message yet."""
+        return len(self._raw) + self._fed - self._unpacker.tell()
 
     def feed(self, data: bytes) -> None:
-        try:
-            self._unpacker.feed(data)
-        except msgpack.BufferFull:
-            raise MessageTooLarge(
-                f"message larger than the limit of {self.max_message_size} bytes"
-            ) from None
-        self.pending += len(data)
-
-    def messages(self) -> Iterator[Any]:
-        """Yield each complete message fed so far."""
-        while True:
-            try:
-                message = self._unpacker.unpack()
-            except msgpack.OutOfData:
-                return
-            except (msgpack.ExtraData, ValueError, msgpack.UnpackException) as exc:
-                raise FramingError(f"undecodable msgpack ({type(exc).__name__}: {exc})") from None
-            self.pending = 0
-            yield message
+        self._raw += data
 
     def drain(self) -> list[Any]:
-        return list(self.messages())
+        """Decode every complete message received so far, in order."""
+        messages: list[Any] = []
+        while True:
+            self._decode_into(messages)
+            if not self._raw:
+                return messages
+            room = self.max_message_size - (self._fed - self._unpacker.tell())
+            if room <= 0:
+                raise MessageTooLarge(
+                    f"message larger than the limit of {self.max_message_size} bytes"
+                )
+            piece = bytes(self._raw[:room])
+            del self._raw[:room]
+            self._unpacker.feed(piece)
+            self._fed += len(piece)
+
+    def _decode_into(self, messages: list[Any]) -> None:
+        while True:
+            try:
+                messages.append(self._unpacker.unpack())
+            except msgpack.OutOfData:
+                return
+            except (msgpack.ExtraData, ValueError, TypeError, msgpack.UnpackException) as exc:
+                raise FramingError(f"undecodable msgpack ({type(exc).__name__}: {exc})") from None
 
 
 def encode(message: Any) -> bytes:
