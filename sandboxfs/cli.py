@@ -138,6 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except OSError as exc:  # e.g. the control socket is not there
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"sandboxfs:{where}: {describe_oserror(exc)}", file=sys.stderr)
+        where = f" {exc.filename}:" if exc.filename else ""
+        print(f"sandboxfs:{where} {describe_oserror(exc)}", file=sys.stderr)
         return EXIT_RUNTIME

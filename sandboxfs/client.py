@@ -139,9 +139,9 @@ class Client:
         self._sock.settimeout(timeout)
         try:
             self._sock.connect(self.path)
-        except OSError:
+        except OSError as exc:
             self._sock.close()
-            raise
+            raise OSError(exc.errno, exc.strerror, self.path) from None
         self._session = _Session()
         self._queue: list[Any] = []
 
@@ -213,7 +213,10 @@ class AsyncClient:
 
     @classmethod
     async def connect(cls, path: PathArg) -> "AsyncClient":
-        return cls(await trio.open_unix_socket(os.fspath(path)))
+        try:
+            return cls(await trio.open_unix_socket(os.fspath(path)))
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
 
     async def aclose(self) -> None:
         await self._stream.aclose()

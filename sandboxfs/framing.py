@@ -48,11 +48,14 @@ class MessageReader:
         )
         self._raw = bytearray()
         self._fed = 0  # bytes given to the unpacker so far
+        # Where the message being decoded began.  Not ``tell()``: the unpacker
+        # parses a partial message incrementally and tell() counts those bytes.
+        self._start = 0
 
     @property
     def pending(self) -> int:
         """Bytes received that are not part of a decoded message yet."""
-        return len(self._raw) + self._fed - self._unpacker.tell()
+        return len(self._raw) + self._fed - self._start
 
     def feed(self, data: bytes) -> None:
         self._raw += data
@@ -64,7 +67,7 @@ class MessageReader:
             self._decode_into(messages)
             if not self._raw:
                 return messages
-            room = self.max_message_size - (self._fed - self._unpacker.tell())
+            room = self.max_message_size - (self._fed - self._start)
             if room <= 0:
                 raise MessageTooLarge(
                     f"message larger than the limit of {self.max_message_size} bytes"
@@ -78,9 +81,16 @@ class MessageReader:
         while True:
             try:
                 messages.append(self._unpacker.unpack())
+                self._start = self._unpacker.tell()
             except msgpack.OutOfData:
                 return
-            except (msgpack.ExtraData, ValueError, TypeError, msgpack.UnpackException) as exc:
+            except ValueError as exc:
+                if "exceeds max" in str(exc):  # e.g. an array header claiming more than fits
+                    raise MessageTooLarge(
+                        f"message larger than the limit of {self.max_message_size} bytes ({exc})"
+                    ) from None
+                raise FramingError(f"undecodable msgpack ({type(exc).__name__}: {exc})") from None
+            except (msgpack.ExtraData, TypeError, msgpack.UnpackException) as exc:
                 raise FramingError(f"undecodable msgpack ({type(exc).__name__}: {exc})") from None
 
 

@@ -640,7 +640,7 @@ class Tree:
                 container[name_] = replacement
             else:
                 del container[name_]
-                self._prune(chain[:-1])
+                changed.extend(self._prune(chain[:-1]))
             removed += 1
             if parent.ino:
                 changed.append((parent, name_))
@@ -648,13 +648,20 @@ class Tree:
         self.mapping_count -= removed
         return changed
 
-    def _prune(self, chain: list) -> None:
-        """Drop scaffolds left empty by an unmap, bottom-up (never the sandbox top)."""
+    def _prune(self, chain: list) -> list:
+        """Drop scaffolds left empty by an unmap, bottom-up (never the sandbox top).
+
+        Returns the kernel entries that named them: they must be invalidated too.
+        """
+        pruned = []
         for parent, name, node in reversed(chain):
             if parent is None or not isinstance(node, ScaffoldDir) or node.children:
-                return
+                break
             container = parent.children if isinstance(parent, ScaffoldDir) else parent.overlays
             del container[name]
+            if parent.ino:
+                pruned.append((parent, name))
+        return pruned
 
     @staticmethod
     def _walk(top: Node, comps: Sequence[bytes]) -> list | None:
