@@ -43,22 +43,24 @@ class _Session:
 
     def __init__(self) -> None:
         self._next_id = 1
+        self._next_prefix = 1  # never reused: the server may hold ids of failed requests
         self._prefix_ids: dict[bytes, int] = {}
         self._sent_now: list[bytes] = []
+        self._caller_index: list[int] = []  # wire position -> index in the caller's list
         self.reader = MessageReader()
 
     def _compress(self, path: bytes, table: dict[int, bytes]) -> list | bytes:
         parent, _, name = path.rpartition(b"/")
-        if not parent or not name:
-            return path
+        if not parent or not name or not path.startswith(b"/"):
+            return path  # a relative path goes whole, so the server names its mapping
         return [self._prefix(parent, table)[0], name]
 
     def encode_mappings(self, mappings: Iterable[MappingArg], table: dict[int, bytes]) -> list:
         """Mappings whose two paths end in the same name and share both parent
         directories and writability travel as one group: ``[dir, host_dir, w, [names]]``."""
-        groups: dict[tuple[bytes, bytes, bool], list[bytes]] = {}
+        groups: dict[tuple[bytes, bytes, bool], tuple[list[bytes], list[int]]] = {}
         wire: list = []
-        for item in mappings:
+        for index, item in enumerate(mappings):
             if isinstance(item, Mapping):
                 path, underlying, writable = item.path, item.underlying, item.writable
             else:
@@ -66,24 +68,31 @@ class _Session:
                 writable = len(item) > 2 and bool(item[2])
             directory, _, name = path.rpartition(b"/")
             host_dir, _, host_name = underlying.rpartition(b"/")
-            if name and name == host_name and directory and host_dir:
-                names = groups.get((directory, host_dir, writable))
-                if names is None:
-                    names = groups[(directory, host_dir, writable)] = []
-                    wire.append((directory, host_dir, writable, names))
-                names.append(name)
+            if (name and name == host_name and directory and host_dir
+                    and path.startswith(b"/") and underlying.startswith(b"/")):
+                group = groups.get((directory, host_dir, writable))
+                if group is None:
+                    group = groups[(directory, host_dir, writable)] = ([], [])
+                    wire.append((directory, host_dir, writable, *group))
+                group[0].append(name)
+                group[1].append(index)
             else:
-                wire.append([self._compress(path, table), self._compress(underlying, table), writable])
+                wire.append([self._compress(path, table), self._compress(underlying, table), writable,
+                             index])
+        self._caller_index = [
+            i for entry in wire for i in (entry[4] if isinstance(entry, tuple) else entry[3:])
+        ]
         return [
             [self._prefix(entry[0], table), self._prefix(entry[1], table), entry[2], entry[3]]
-            if isinstance(entry, tuple) else entry
+            if isinstance(entry, tuple) else entry[:3]
             for entry in wire
         ]
 
     def _prefix(self, directory: bytes, table: dict[int, bytes]) -> list:
         ident = self._prefix_ids.get(directory)
         if ident is None:
-            ident = self._prefix_ids[directory] = len(self._prefix_ids) + 1
+            ident = self._prefix_ids[directory] = self._next_prefix
+            self._next_prefix += 1
             table[ident] = directory
             self._sent_now.append(directory)
         return [ident, b""]
@@ -92,16 +101,21 @@ class _Session:
         request_id = self._next_id
         self._next_id += 1
         self._sent_now = []
+        self._caller_index = []
         table: dict[int, bytes] = {}
         message: dict[str, Any] = {"id": request_id, "op": op}
-        for key, value in fields.items():
-            if key == "mappings":
-                value = self.encode_mappings(value, table)
-            elif key == "paths":
-                value = [self._compress(_encode(p), table) for p in value]
-            elif key == "name":
-                value = _encode(value)
-            message[key] = value
+        try:
+            for key, value in fields.items():
+                if key == "mappings":
+                    value = self.encode_mappings(value, table)
+                elif key == "paths":
+                    value = [self._compress(_encode(p), table) for p in value]
+                elif key == "name":
+                    value = _encode(value)
+                message[key] = value
+        except BaseException:
+            self._forget_sent_now()  # never sent: the server does not know them
+            raise
         if table:
             message["prefixes"] = table
         return request_id, encode(message)
@@ -113,14 +127,23 @@ class _Session:
             raise ProtocolError(f"expected the answer to request {request_id}, got {response!r}")
         if "error" in response and response["error"] is not None:
             # Prefixes sent with a failed request may not be registered: send them again.
-            for parent in self._sent_now:
-                self._prefix_ids.pop(parent, None)
+            self._forget_sent_now()
             raise self._error(response["error"])
         return response.get("result") or {}
 
-    @staticmethod
-    def _error(err: dict):
-        return error_for_code(str(err.get("code")), str(err.get("message")), err.get("details"))
+    def _forget_sent_now(self) -> None:
+        for parent in self._sent_now:
+            self._prefix_ids.pop(parent, None)
+
+    def _error(self, err: dict):
+        message, details = str(err.get("message")), err.get("details")
+        index = details.get("index") if isinstance(details, dict) else None
+        if type(index) is int and 0 <= index < len(self._caller_index):
+            # Groups reorder mappings on the wire: name the caller's mapping.
+            mine = self._caller_index[index]
+            message = message.replace(f"mapping {index} (", f"mapping {mine} (", 1)
+            details = {**details, "index": mine}
+        return error_for_code(str(err.get("code")), message, details)
 
 
 def _encode(path: PathArg) -> bytes:

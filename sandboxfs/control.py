@@ -19,6 +19,7 @@ connections are closed.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import stat
@@ -125,6 +126,7 @@ class ControlServer:
         self.max_message_size = max_message_size
         self.grace = grace
         self._in_flight: set[trio.CancelScope] = set()
+        self._shutdown_deadline = math.inf  # set once shutdown starts
         self.connections = 0
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -148,7 +150,7 @@ class ControlServer:
         try:
             await trio.sleep_forever()
         finally:
-            deadline = trio.current_time() + self.grace
+            deadline = self._shutdown_deadline = trio.current_time() + self.grace
             for scope in self._in_flight:
                 scope.deadline = min(scope.deadline, deadline)
 
@@ -181,12 +183,14 @@ class ControlServer:
                         messages = await trio.to_thread.run_sync(reader.drain)
                     else:
                         messages = reader.drain()
+                    for message in messages:
+                        await self._answer(stream, message, prefixes)
+                    if reader.failed:  # undecodable bytes followed those messages
+                        reader.drain()  # raises their FramingError
                 except FramingError as exc:
                     log.warning("closing control connection: %s", exc)
                     await stream.send_all(encode(error(None, exc.code, str(exc))))
                     return
-                for message in messages:
-                    await self._answer(stream, message, prefixes)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client went away; its half-done request (if any) was all-or-nothing
         finally:
@@ -194,7 +198,8 @@ class ControlServer:
 
     async def _answer(self, stream: trio.abc.Stream, message, prefixes: PrefixTable) -> None:
         request_id = message.get("id") if isinstance(message, dict) else None
-        with trio.CancelScope(shield=True) as scope:
+        # Requests queued behind the one in flight get the same deadline.
+        with trio.CancelScope(shield=True, deadline=self._shutdown_deadline) as scope:
             self._in_flight.add(scope)
             try:
                 try:

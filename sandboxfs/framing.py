@@ -51,22 +51,39 @@ class MessageReader:
         # Where the message being decoded began.  Not ``tell()``: the unpacker
         # parses a partial message incrementally and tell() counts those bytes.
         self._start = 0
+        self._error: FramingError | None = None
 
     @property
     def pending(self) -> int:
         """Bytes received that are not part of a decoded message yet."""
         return len(self._raw) + self._fed - self._start
 
+    @property
+    def failed(self) -> bool:
+        """True once undecodable bytes were seen: the next drain() raises."""
+        return self._error is not None
+
     def feed(self, data: bytes) -> None:
         self._raw += data
 
     def drain(self) -> list[Any]:
         """Decode every complete message received so far, in order."""
+        if self._error is not None:
+            raise self._error
         messages: list[Any] = []
+        try:
+            self._drain_into(messages)
+        except FramingError as exc:
+            if not messages:
+                raise
+            self._error = exc  # answer the messages before it first
+        return messages
+
+    def _drain_into(self, messages: list[Any]) -> None:
         while True:
             self._decode_into(messages)
             if not self._raw:
-                return messages
+                return
             room = self.max_message_size - (self._fed - self._start)
             if room <= 0:
                 raise MessageTooLarge(

@@ -127,6 +127,8 @@ class MappingGroup:
 
 def check_names(names: list[bytes]) -> str | None:
     """Why a list of entry names is unusable, or None if it is fine (bulk checks in C)."""
+    if not names:
+        return "a group has no names"
     unique = set(names)
     if len(unique) != len(names):
         return "a name is listed twice"

@@ -74,10 +74,11 @@ class PrefixTable:
             raise InvalidRequestError(f"{label}: unknown prefix id {key!r}") from None
 
     def components(self, key: Any, label: str) -> tuple[bytes, ...]:
+        path = self.path(key, label)  # first: refuses unknown and unhashable ids
         comps = self._components.get(key)
         if comps is None:
             try:
-                comps = split_inner_path(self.path(key, label))
+                comps = split_inner_path(path)
             except MappingError as exc:
                 raise MappingError(f"{label}: prefix {key}: {exc.message}") from None
             self._components[key] = comps
@@ -120,14 +121,14 @@ def decode_inner_path(raw: Any, prefixes: PrefixTable, label: str) -> tuple[byte
         if len(raw) != 2:
             raise MappingError(f"{label}: a prefixed path must be [prefix_id, rest]")
         base = prefixes.components(raw[0], label)
-        rest = _as_bytes(raw[1], label)
+        rest = _as_bytes(raw[1], f"{label}: path")
         if not rest:
             return base
         parts = rest.split(b"/")
         if b"\0" in rest or any(p in _BAD_COMPONENTS for p in parts):
             raise MappingError(f"{label}: relative path {display(rest)!r} is not a plain relative path")
         return base + tuple(parts)
-    return split_inner_path(_as_bytes(raw, label))
+    return split_inner_path(_as_bytes(raw, f"{label}: path"))
 
 
 def decode_underlying(raw: Any, prefixes: PrefixTable, label: str) -> bytes:
@@ -135,13 +136,13 @@ def decode_underlying(raw: Any, prefixes: PrefixTable, label: str) -> bytes:
         if len(raw) != 2:
             raise MappingError(f"{label}: a prefixed path must be [prefix_id, rest]")
         base = prefixes.path(raw[0], label)
-        rest = _as_bytes(raw[1], label)
+        rest = _as_bytes(raw[1], f"{label}: underlying path")
         if not rest:
             return base
         if rest.startswith(b"/") or b"\0" in rest:
             raise MappingError(f"{label}: relative path {display(rest)!r} is absolute or has NUL")
         return (base if base != b"/" else b"") + b"/" + rest
-    return check_underlying(_as_bytes(raw, label))
+    return check_underlying(_as_bytes(raw, f"{label}: underlying path"))
 
 
 def _decode_names(raw: Any, label: str) -> list[bytes]:
@@ -151,7 +152,7 @@ def _decode_names(raw: Any, label: str) -> list[bytes]:
         b"".join(raw)
         names = raw  # all bytes already: the common, cheap case
     except TypeError:
-        names = [_as_bytes(n, label) for n in raw]
+        names = [_as_bytes(n, f"{label}: name") for n in raw]
     reason = check_names(names)
     if reason:
         raise MappingError(f"{label}: {reason}")

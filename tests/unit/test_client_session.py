@@ -1,0 +1,335 @@
+"""Tests of the client's protocol logic (sandboxfs.client._Session) and of AsyncClient
+against a real ControlServer over in-memory trio streams (no socket, no mount).
+
+Covers how mappings are put on the wire (groups for mappings that share both
+parent directories, writability and basename; ``[path, underlying, w]`` for
+the rest), the per-connection prefix table (sent once, re-sent after an error
+response, never re-numbered onto an id the server already holds), and how
+responses become results or the typed exceptions of ``sandboxfs.errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+import trio.testing
+
+from sandboxfs.client import AsyncClient, _Session
+from sandboxfs.control import ControlServer
+from sandboxfs.errors import (
+    InvalidRequestError,
+    MappingError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    SandboxExistsError,
+    SandboxfsError,
+    ServerError,
+    TooLargeError,
+)
+from sandboxfs.mapping import Mapping
+from sandboxfs.protocol import PrefixTable, decode_request, error, error_from, ok
+from sandboxfs.reconfig import Reconfigurer
+from sandboxfs.tree import Tree
+
+IO_TIMEOUT = 30
+
+
+def unpack(data: bytes) -> dict:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def sent(session: _Session, op: str, **fields: Any) -> dict:
+    """The message ``session`` would send for this call, decoded back."""
+    _request_id, data = session.request(op, **fields)
+    return unpack(data)
+
+
+class PureServer:
+    """The server's decoding, without a tree: answers ok, or the decoding error."""
+
+    def __init__(self) -> None:
+        self.prefixes = PrefixTable()
+
+    def answer(self, data: bytes) -> dict:
+        message = unpack(data)
+        try:
+            decode_request(message, self.prefixes)
+        except SandboxfsError as exc:
+            return error_from(message.get("id"), exc)
+        return ok(message.get("id"))
+
+
+def round_trip(session: _Session, server: PureServer, op: str, **fields: Any) -> dict:
+    """Send through ``session`` to ``server``; return the result or raise the typed error."""
+    request_id, data = session.request(op, **fields)
+    return session.result(request_id, server.answer(data))
+
+
+# -- encoding mappings ---------------------------------------------------------------
+
+
+def test_mappings_sharing_parents_writability_and_basename_form_a_group():
+    table: dict[int, bytes] = {}
+    wire = _Session().encode_mappings(
+        [("/inc/a.h", "/usr/include/a.h"), ("/inc/b.h", "/usr/include/b.h", False),
+         Mapping.of("/inc/c.h", "/usr/include/c.h")], table)
+    assert table == {1: b"/inc", 2: b"/usr/include"}
+    assert wire == [[[1, b""], [2, b""], False, [b"a.h", b"b.h", b"c.h"]]]
+
+
+def test_writability_splits_groups():
+    table: dict[int, bytes] = {}
+    wire = _Session().encode_mappings(
+        [("/d/a", "/h/a", True), ("/d/b", "/h/b"), ("/d/c", "/h/c", True)], table)
+    assert wire == [[[1, b""], [2, b""], True, [b"a", b"c"]],
+                    [[1, b""], [2, b""], False, [b"b"]]]
+
+
+def test_different_basename_travels_alone_with_compressed_paths():
+    table: dict[int, bytes] = {}
+    wire = _Session().encode_mappings([("/bin/cc", "/usr/bin/gcc", True)], table)
+    assert table == {1: b"/bin", 2: b"/usr/bin"}
+    assert wire == [[[1, b"cc"], [2, b"gcc"], True]]
+
+
+def test_different_parent_directories_make_different_groups():
+    table: dict[int, bytes] = {}
+    wire = _Session().encode_mappings([("/a/x", "/h/x"), ("/b/x", "/h/x"), ("/a/y", "/g/y")],
+                                      table)
+    assert len(wire) == 3
+    assert {tuple(entry[3]) for entry in wire} == {(b"x",), (b"y",)}
+
+
+@pytest.mark.parametrize(
+    "mapping, expected",
+    [
+        (("/", "/h"), [b"/", b"/h", False]),
+        (("/x", "/x"), [b"/x", b"/x", False]),
+        (("/a/x", "/"), [[1, b"x"], b"/", False]),
+        (("/a/", "/h/a/"), [b"/a/", b"/h/a/", False]),
+    ],
+    ids=["root path", "top-level on both sides", "host root", "trailing slashes"],
+)
+def test_paths_without_a_parent_or_name_travel_whole(mapping, expected):
+    table: dict[int, bytes] = {}
+    wire = _Session().encode_mappings([mapping], table)
+    assert wire == [expected]
+
+
+def test_non_utf8_paths_stay_bytes():
+    table: dict[int, bytes] = {}
+    wire = _Session().encode_mappings([(b"/d/\xff", b"/h/\xff")], table)
+    assert wire == [[[1, b""], [2, b""], False, [b"\xff"]]]
+
+
+def test_request_fields():
+    session = _Session()
+    first = sent(session, "unmap", name="s", paths=["/a/b", b"/c"])
+    second = sent(session, "ping", version=1)
+    assert first == {"id": 1, "op": "unmap", "name": b"s", "paths": [[1, b"b"], b"/c"],
+                     "prefixes": {1: b"/a"}}
+    assert second == {"id": 2, "op": "ping", "version": 1}
+
+
+# -- the prefix table ----------------------------------------------------------------
+
+
+def test_prefixes_are_sent_once_per_connection():
+    session, server = _Session(), PureServer()
+    first = sent(session, "map", name="s", mappings=[("/a/x", "/h/x")])
+    assert first["prefixes"] == {1: b"/a", 2: b"/h"}
+    assert server.answer(msgpack.packb(first))["result"] == {}
+    second = sent(session, "map", name="s", mappings=[("/a/y", "/h/y"), ("/b/z", "/h/z")])
+    assert second["prefixes"] == {3: b"/b"}
+    assert "error" not in server.answer(msgpack.packb(second))
+
+
+def test_a_new_session_sends_its_prefixes_again():
+    sent(_Session(), "map", name="s", mappings=[("/a/x", "/h/x")])
+    assert sent(_Session(), "map", name="s", mappings=[("/a/x", "/h/x")])["prefixes"] == {
+        1: b"/a", 2: b"/h"}
+
+
+def test_prefixes_are_resent_after_an_error_response():
+    session = _Session()
+    request_id, _ = session.request("map", name="s", mappings=[("/a/x", "/h/x")])
+    with pytest.raises(NotFoundError):
+        session.result(request_id, error(request_id, "not_found", "no such sandbox"))
+    again = sent(session, "map", name="s", mappings=[("/a/x", "/h/x")])
+    assert set(again["prefixes"].values()) == {b"/a", b"/h"}
+
+
+def test_prefixes_of_a_successful_request_are_not_resent():
+    session = _Session()
+    request_id, _ = session.request("map", name="s", mappings=[("/a/x", "/h/x")])
+    session.result(request_id, ok(request_id))
+    request_id, _ = session.request("list")
+    with pytest.raises(NotFoundError):
+        session.result(request_id, error(request_id, "not_found", "x"))
+    assert "prefixes" not in sent(session, "map", name="s", mappings=[("/a/y", "/h/y")])
+
+
+def test_new_directories_after_an_error_work():
+    """A failed request may have registered its prefixes: later ids must not collide with them."""
+    session, server = _Session(), PureServer()
+    round_trip(session, server, "map", name="s", mappings=[("/a/x", "/h/y")])
+    with pytest.raises(MappingError):  # registered /b and /g, then failed on /c/x
+        round_trip(session, server, "map", name="s",
+                   mappings=[("/b/x", "/g/y"), ("/c/x/../z", "/f/y")])
+    for _ in range(2):  # a second try must not fail the same way
+        assert round_trip(session, server, "map", name="s", mappings=[("/c/x", "/f/y")]) == {}
+    assert round_trip(session, server, "map", name="s", mappings=[("/b/x", "/g/y")]) == {}
+
+
+def test_a_request_that_fails_to_encode_leaves_no_unsent_prefixes():
+    session, server = _Session(), PureServer()
+    with pytest.raises(TypeError):
+        session.request("map", name="s", mappings=[("/a/x", "/h/y"), ("/b/x", 5)])
+    assert round_trip(session, server, "map", name="s", mappings=[("/a/x", "/h/y")]) == {}
+
+
+def test_relative_underlying_is_reported_as_that_mapping():
+    session, server = _Session(), PureServer()
+    with pytest.raises(MappingError) as info:
+        round_trip(session, server, "map", name="s",
+                   mappings=[("/ok", "/h/ok"), ("/d/x", "rel/x")])
+    assert info.value.details["index"] == 1
+    assert info.value.details["path"] == "/d/x"
+
+
+# -- results and errors --------------------------------------------------------------
+
+
+def test_result_returns_the_result_map():
+    session = _Session()
+    request_id, _ = session.request("list")
+    assert session.result(request_id, ok(request_id, {"sandboxes": []})) == {"sandboxes": []}
+
+
+@pytest.mark.parametrize(
+    "code, exception",
+    [
+        ("exists", SandboxExistsError),
+        ("not_found", NotFoundError),
+        ("invalid_mapping", MappingError),
+        ("invalid_request", InvalidRequestError),
+        ("too_large", TooLargeError),
+        ("invalid_framing", ProtocolError),
+        ("permission_denied", PermissionDeniedError),
+        ("internal", ServerError),
+    ],
+)
+def test_error_codes_raise_typed_exceptions(code, exception):
+    session = _Session()
+    request_id, _ = session.request("list")
+    response = error(request_id, code, "what went wrong", {"index": 4, "path": "/x"})
+    with pytest.raises(exception) as info:
+        session.result(request_id, response)
+    assert type(info.value) is exception
+    assert info.value.code == code
+    assert info.value.message == "what went wrong"
+    assert info.value.details == {"index": 4, "path": "/x"}
+
+
+def test_unknown_error_code_keeps_the_code():
+    session = _Session()
+    request_id, _ = session.request("list")
+    with pytest.raises(SandboxfsError) as info:
+        session.result(request_id, error(request_id, "quota", "too many sandboxes"))
+    assert info.value.code == "quota"
+
+
+def test_connection_error_without_id_is_raised_typed():
+    session = _Session()
+    request_id, _ = session.request("list")
+    with pytest.raises(TooLargeError):
+        session.result(request_id, error(None, "too_large", "message larger than the limit"))
+
+
+@pytest.mark.parametrize("response", [ok(99), ok(None), ["not", "a", "map"], None])
+def test_answer_to_another_request_is_a_protocol_error(response):
+    session = _Session()
+    request_id, _ = session.request("list")
+    assert request_id == 1
+    with pytest.raises(ProtocolError):
+        session.result(request_id, response)
+
+
+def test_request_ids_increase():
+    session = _Session()
+    assert [session.request("list")[0] for _ in range(3)] == [1, 2, 3]
+
+
+# -- AsyncClient against a real ControlServer over memory streams --------------------
+
+
+@contextlib.asynccontextmanager
+async def client_for(tree: Tree):
+    """An AsyncClient connected to a ControlServer serving ``tree`` over a memory stream."""
+    server = ControlServer(Reconfigurer(tree))
+    with trio.fail_after(IO_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            client_side, server_side = trio.testing.memory_stream_pair()
+            nursery.start_soon(server.serve_stream, server_side)
+            async with AsyncClient(client_side) as client:
+                yield client
+            nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def host(tmp_path) -> Path:
+    for directory in ("inc", "bin", "lib"):
+        (tmp_path / directory).mkdir()
+        for name in ("a", "b", "c"):
+            (tmp_path / directory / name).write_bytes(b"")
+    return tmp_path
+
+
+async def test_async_client_round_trip(host):
+    tree = Tree()
+    async with client_for(tree) as client:
+        assert (await client.ping())["protocol"] == 1
+        result = await client.create_sandbox("s", [
+            (f"/inc/{n}", str(host / "inc" / n)) for n in "abc"] + [("/cc", str(host / "bin/a"), True)])
+        assert result == {"name": "s", "mappings": 4}
+        await client.map("s", [("/lib/a", str(host / "lib/a"))])
+        await client.unmap("s", ["/lib/a", "/cc"])
+        assert await client.list() == [{"name": "s", "mappings": 3}]
+        with pytest.raises(SandboxExistsError):
+            await client.create_sandbox("s", [])
+        with pytest.raises(NotFoundError):
+            await client.destroy_sandbox("nope")
+        await client.destroy_sandbox("s")
+    assert tree.sandboxes == {}
+
+
+async def test_async_client_recovers_after_a_failed_request(host):
+    tree = Tree()
+    async with client_for(tree) as client:
+        with pytest.raises(MappingError):
+            await client.create_sandbox("s", [
+                ("/inc/a", str(host / "inc/a")), ("/bin/x", str(host / "bin/missing"))])
+        for name in ("t1", "t2"):
+            result = await client.create_sandbox(name, [
+                ("/bin/a", str(host / "bin/a")), ("/lib/b", str(host / "lib/b"))])
+            assert result["mappings"] == 2
+    assert sorted(tree.sandboxes) == [b"t1", b"t2"]
+
+
+async def test_error_index_is_the_callers_index(host):
+    """Grouping reorders mappings on the wire; the error still names the caller's mapping."""
+    async with client_for(Tree()) as client:
+        with pytest.raises(MappingError) as info:
+            await client.create_sandbox("s", [
+                ("/inc/a", str(host / "inc/a")),
+                ("/bin/x", str(host / "bin/missing")),
+                ("/inc/b", str(host / "inc/b")),
+            ])
+    assert info.value.details["path"] == "/bin/x"
+    assert info.value.details["index"] == 1
