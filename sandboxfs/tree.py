@@ -395,20 +395,23 @@ class _Batch:
             if type(leaf) is bytes:
                 leaf = MappedNode(leaf, False, name=name)
             leaf.overlays = existing.children
-            self.require_directory(index, path, leaf)
+            why = "cannot nest below" if existing.children else \
+                "the top of a mount or sandbox must be a directory:"
+            self.require_directory(index, path, leaf, why)
         self.store(container, name, leaf)
         self.note_change(parent, name)
 
-    def require_directory(self, index: int, path: bytes, node: MappedNode) -> None:
+    def require_directory(self, index: int, path: bytes, node: MappedNode,
+                          why: str = "cannot nest below") -> None:
         if id(node) in self.checked_dirs:
             return
         host = node.host_path()
         try:
             st = os.lstat(host)
         except OSError as exc:
-            self.fail(index, path, f"cannot nest below {display(host)}: {describe_oserror(exc)}")
+            self.fail(index, path, f"{why} {display(host)}: {describe_oserror(exc)}")
         if not stat.S_ISDIR(st.st_mode):
-            self.fail(index, path, f"cannot nest below {display(host)}: ENOTDIR (Not a directory)")
+            self.fail(index, path, f"{why} {display(host)}: ENOTDIR (Not a directory)")
         self.checked_dirs.add(id(node))
 
     def note_change(self, parent: Node, name: bytes) -> None:
@@ -590,8 +593,10 @@ class Tree:
         sandbox = self._sandbox("map", raw)
         holder = ScaffoldDir()
         holder.children[raw] = sandbox.node
+        # An empty sandbox top holds no other mappings: "/" may be mapped onto it.
+        empty = isinstance(sandbox.node, ScaffoldDir) and not sandbox.node.children
         changed = self._apply(
-            f"map {display(raw)!r}", holder, raw, mappings, fresh=False, checked=checked
+            f"map {display(raw)!r}", holder, raw, mappings, fresh=empty, checked=checked
         )
         if holder.children[raw] is not sandbox.node:  # the sandbox root itself got mapped
             sandbox.node = holder.children[raw]
@@ -609,8 +614,8 @@ class Tree:
         raw = os.fsencode(name)
         sandbox = self._sandbox("unmap", raw)
         label = f"unmap {display(raw)!r}"
-        targets = []
-        for index, comps in enumerate(paths):
+        requested = [tuple(comps) for comps in paths]
+        for index, comps in enumerate(requested):
             chain = self._walk(sandbox.node, comps)
             path = display(b"/" + b"/".join(comps))
             if chain is None or not isinstance(chain[-1][2], MappedNode) or not chain[-1][2].explicit:
@@ -618,10 +623,13 @@ class Tree:
                     f"{label}: mapping {index} ({path}): not mapped",
                     details={"index": index, "path": path},
                 )
-            targets.append(chain)
         changed = []
         removed = 0
-        for chain in targets:
+        for comps in requested:
+            # Walk again: an earlier removal in this request may have replaced a parent.
+            chain = self._walk(sandbox.node, comps)
+            if chain is None or not isinstance(chain[-1][2], MappedNode):
+                continue  # listed twice
             parent, name_, node = chain[-1]
             if parent is None:  # the sandbox root mapping itself
                 replacement = ScaffoldDir()
@@ -632,8 +640,6 @@ class Tree:
                 removed += 1
                 continue
             container = parent.children if isinstance(parent, ScaffoldDir) else parent.overlays
-            if container.get(name_) is not node:
-                continue  # listed twice
             if node.overlays:
                 replacement = ScaffoldDir()
                 replacement.children = dict(node.overlays)
