@@ -61,8 +61,12 @@ def _stale(path: str) -> bool:
     return False
 
 
-def bind_control_socket(path: str) -> socket.socket:
-    """Create the listening socket file (mode 0600), replacing a stale one."""
+def bind_control_socket(path: str, shared: bool = False) -> socket.socket:
+    """Create the listening socket file, replacing a stale one.
+
+    Mode 0600; 0666 when ``shared`` (other uids were allowed with
+    ``--control-allow-uid``: SO_PEERCRED then decides who is served).
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -85,7 +89,7 @@ def bind_control_socket(path: str) -> socket.socket:
         raise ControlError(f"control socket {path}: {describe_oserror(exc)}") from None
     finally:
         os.umask(old_umask)
-    os.chmod(path, 0o600)
+    os.chmod(path, 0o666 if shared else 0o600)
     sock.listen(128)
     return sock
 
@@ -164,6 +168,8 @@ class ControlServer:
                     await stream.send_all(encode(error(None, "permission_denied", message)))
                 return
             await self.serve_stream(stream)
+        except Exception:  # our bug: lose this connection, never the server (or the mount)
+            log.exception("control connection failed; closing it")
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -209,7 +215,12 @@ class ControlServer:
                 except Exception as exc:  # our bug: answer it, keep serving
                     log.exception("control request %r failed", request_id)
                     response = error(request_id, "internal", f"internal error: {exc!r}")
-                await stream.send_all(encode(response))
+                try:
+                    data = encode(response)
+                except Exception as exc:  # e.g. a value msgpack cannot carry
+                    log.exception("cannot encode the answer to control request %r", request_id)
+                    data = encode(error(None, "internal", f"internal error: {type(exc).__name__}"))
+                await stream.send_all(data)
             finally:
                 self._in_flight.discard(scope)
         if scope.cancelled_caught:

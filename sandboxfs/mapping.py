@@ -17,9 +17,16 @@ from .errors import MappingError
 PathLike = str | bytes
 
 
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in range(32)}
+
+
 def display(path: bytes) -> str:
-    """Render a bytes path for messages and logs (undecodable bytes stay visible)."""
-    return os.fsdecode(path)
+    """Render a bytes path for messages and logs: undecodable bytes and control
+    characters (NUL, newline, ...) show as ``\\xff`` escapes.
+
+    The result is always valid UTF-8, so it can travel in any message.
+    """
+    return path.decode("utf-8", "backslashreplace").translate(_CONTROL_ESCAPES)
 
 
 def split_inner_path(path: PathLike) -> tuple[bytes, ...]:
@@ -32,9 +39,9 @@ def split_inner_path(path: PathLike) -> tuple[bytes, ...]:
     """
     raw = os.fsencode(path)
     if not raw.startswith(b"/"):
-        raise MappingError(f"path {display(raw)!r} is not absolute")
+        raise MappingError(f"path '{display(raw)}' is not absolute")
     if b"\0" in raw:
-        raise MappingError(f"path {display(raw)!r} contains a NUL byte")
+        raise MappingError(f"path '{display(raw)}' contains a NUL byte")
     if raw == b"/":
         return ()
     body = raw[1:-1] if raw.endswith(b"/") else raw[1:]
@@ -42,7 +49,7 @@ def split_inner_path(path: PathLike) -> tuple[bytes, ...]:
     for part in parts:
         if part in (b"", b".", b".."):
             what = "an empty component" if not part else f"a {part.decode()!r} component"
-            raise MappingError(f"path {display(raw)!r} has {what}")
+            raise MappingError(f"path '{display(raw)}' has {what}")
     return parts
 
 
@@ -50,9 +57,9 @@ def check_underlying(path: PathLike) -> bytes:
     """Check a host path: absolute, no NUL; trailing slashes are dropped."""
     raw = os.fsencode(path)
     if not raw.startswith(b"/"):
-        raise MappingError(f"underlying path {display(raw)!r} is not absolute")
+        raise MappingError(f"underlying path '{display(raw)}' is not absolute")
     if b"\0" in raw:
-        raise MappingError(f"underlying path {display(raw)!r} contains a NUL byte")
+        raise MappingError(f"underlying path '{display(raw)}' contains a NUL byte")
     stripped = raw.rstrip(b"/")
     return stripped or b"/"
 

@@ -155,7 +155,8 @@ async def _serve(services: Sequence[Service], early: _EarlySignals, ending: _End
 
 def default_control_path(mount_point: str) -> str:
     """The control socket's default place: beside the mount point, ``MOUNT_POINT.sock``."""
-    return os.path.abspath(mount_point).rstrip("/") + ".sock"
+    path = os.path.abspath(mount_point)
+    return (path if path != "/" else "/sandboxfs") + ".sock"
 
 
 def run(
@@ -182,7 +183,7 @@ def run(
     services: list[Service] = list(services_for(reconfigurer)) if services_for else []
     with contextlib.ExitStack() as cleanup:
         if config.control:
-            sock = bind_control_socket(config.control)
+            sock = bind_control_socket(config.control, shared=bool(config.control_allow_uids))
             cleanup.callback(remove_socket_file, config.control, os.stat(config.control))
             cleanup.callback(sock.close)
             server = ControlServer(

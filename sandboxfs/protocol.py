@@ -16,6 +16,7 @@ same rules for the slow path.
 from __future__ import annotations
 
 import os
+import reprlib
 from typing import Any
 
 import attrs
@@ -108,7 +109,7 @@ def _field(message: dict, key: str, label: str, kinds: tuple, required: bool = T
 
 
 def _mapping_error(label: str, index: int, path: Any, reason: str) -> MappingError:
-    shown = display(path) if isinstance(path, bytes) else repr(path)
+    shown = display(path) if isinstance(path, bytes) else reprlib.repr(path)
     return MappingError(
         f"{label}: mapping {index} ({shown}): {reason}",
         details={"index": index, "path": shown, "reason": reason},
@@ -126,7 +127,7 @@ def decode_inner_path(raw: Any, prefixes: PrefixTable, label: str) -> tuple[byte
             return base
         parts = rest.split(b"/")
         if b"\0" in rest or any(p in _BAD_COMPONENTS for p in parts):
-            raise MappingError(f"{label}: relative path {display(rest)!r} is not a plain relative path")
+            raise MappingError(f"{label}: relative path '{display(rest)}' is not a plain relative path")
         return base + tuple(parts)
     return split_inner_path(_as_bytes(raw, f"{label}: path"))
 
@@ -140,7 +141,7 @@ def decode_underlying(raw: Any, prefixes: PrefixTable, label: str) -> bytes:
         if not rest:
             return base
         if rest.startswith(b"/") or b"\0" in rest:
-            raise MappingError(f"{label}: relative path {display(rest)!r} is absolute or has NUL")
+            raise MappingError(f"{label}: relative path '{display(rest)}' is absolute or has NUL")
         return (base if base != b"/" else b"") + b"/" + rest
     return check_underlying(_as_bytes(raw, f"{label}: underlying path"))
 
@@ -227,7 +228,7 @@ def decode_request(message: Any, prefixes: PrefixTable) -> Request:
     name = None
     if op in ("create_sandbox", "destroy_sandbox", "map", "unmap"):
         name = _as_bytes(_field(message, "name", op, (str, bytes)), op)
-        label = f"{op} {display(name)!r}"
+        label = f"{op} '{display(name)}'"
     else:
         label = op
     if op in ("create_sandbox", "map"):
@@ -245,6 +246,8 @@ def decode_request(message: Any, prefixes: PrefixTable) -> Request:
         return Request(request_id, op, name, paths=tuple(paths))
     if op == "ping":
         version = _field(message, "version", op, (int,), required=False)
+        if version is not None and version < 1:
+            raise InvalidRequestError(f"ping: version {version} is not a protocol version (1 or more)")
         return Request(request_id, op, version=version if version is not None else PROTOCOL_VERSION)
     return Request(request_id, op, name)
 

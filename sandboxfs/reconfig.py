@@ -27,8 +27,9 @@ import trio
 
 from . import __version__
 from .errors import SandboxfsError
-from .protocol import PROTOCOL_VERSION, PrefixTable, Request, decode_request, name_value
-from .tree import Node, Tree, require_underlying
+from .mapping import display
+from .protocol import OPS, PROTOCOL_VERSION, PrefixTable, Request, decode_request, name_value
+from .tree import Node, Tree, count_mappings, require_underlying
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,21 @@ class NoKernel:
 
 
 def _large(message: Any) -> bool:
+    """More than OFF_LOOP_MAPPINGS mappings, counting each name of a group."""
     if not isinstance(message, dict):
         return False
     items = message.get("mappings")
-    return isinstance(items, list) and len(items) > OFF_LOOP_MAPPINGS
+    if not isinstance(items, list):
+        return False
+    if len(items) > OFF_LOOP_MAPPINGS:
+        return True
+    total = 0
+    for item in items:
+        if isinstance(item, list) and len(item) == 4 and isinstance(item[3], list):
+            total += len(item[3])
+        else:
+            total += 1
+    return total > OFF_LOOP_MAPPINGS
 
 
 class Reconfigurer:
@@ -108,7 +120,7 @@ class Reconfigurer:
         return result
 
     def _count(self, op: str, exc: SandboxfsError | None = None) -> None:
-        self.requests[op] += 1
+        self.requests[op if op in OPS else "unknown"] += 1
         if exc is not None:
             self.errors[exc.code] += 1
 
@@ -133,16 +145,18 @@ class Reconfigurer:
             return {"name": name_value(request.name)}
         if op == "map":
             mappings = request.mappings
-            if len(mappings) > OFF_LOOP_MAPPINGS:
-                await trio.to_thread.run_sync(require_underlying, f"map {request.name!r}", mappings)
+            count = count_mappings(mappings)
+            if count > OFF_LOOP_MAPPINGS:
+                await trio.to_thread.run_sync(require_underlying, f"map '{display(request.name)}'", mappings)
                 changed = tree.map(request.name, mappings, checked=True)
             else:
                 changed = tree.map(request.name, mappings)
             await self.kernel.invalidate(changed)
-            return {"name": name_value(request.name), "mapped": len(mappings)}
+            return {"name": name_value(request.name), "mapped": count}
         if op == "unmap":
+            before = tree.mapping_count
             await self.kernel.invalidate(tree.unmap(request.name, request.paths))
-            return {"name": name_value(request.name), "unmapped": len(request.paths)}
+            return {"name": name_value(request.name), "unmapped": before - tree.mapping_count}
         if op == "list":
             return {
                 "sandboxes": [

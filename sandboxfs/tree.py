@@ -461,9 +461,9 @@ def check_sandbox_name(name: str | bytes) -> bytes:
     if not raw:
         raise InvalidRequestError("sandbox name is empty")
     if raw in (b".", b".."):
-        raise InvalidRequestError(f"sandbox name {display(raw)!r} is not allowed")
+        raise InvalidRequestError(f"sandbox name '{display(raw)}' is not allowed")
     if b"/" in raw or b"\0" in raw:
-        raise InvalidRequestError(f"sandbox name {display(raw)!r} contains '/' or NUL")
+        raise InvalidRequestError(f"sandbox name '{display(raw)}' contains '/' or NUL")
     if len(raw) > MAX_SANDBOX_NAME:
         raise InvalidRequestError(
             f"sandbox name of {len(raw)} bytes is longer than {MAX_SANDBOX_NAME}"
@@ -552,7 +552,7 @@ class Tree:
         ``attach_sandbox`` then makes it visible in one step.
         """
         raw = check_sandbox_name(name)
-        label = f"create_sandbox {display(raw)!r}"
+        label = f"create_sandbox '{display(raw)}'"
         self._check_name_free(raw, label)
         holder = ScaffoldDir()
         holder.children[raw] = ScaffoldDir()
@@ -561,7 +561,7 @@ class Tree:
 
     def attach_sandbox(self, sandbox: Sandbox) -> list:
         """Make a built sandbox visible as ``/name``."""
-        self._check_name_free(sandbox.name, f"create_sandbox {display(sandbox.name)!r}")
+        self._check_name_free(sandbox.name, f"create_sandbox '{display(sandbox.name)}'")
         self._root_children()[sandbox.name] = sandbox.node
         self.sandboxes[sandbox.name] = sandbox
         self.mapping_count += sandbox.mapping_count
@@ -582,7 +582,7 @@ class Tree:
         raw = os.fsencode(name)
         sandbox = self.sandboxes.pop(raw, None)
         if sandbox is None:
-            raise NotFoundError(f"destroy_sandbox {display(raw)!r}: no such sandbox")
+            raise NotFoundError(f"destroy_sandbox '{display(raw)}': no such sandbox")
         del self._root_children()[raw]
         self.mapping_count -= sandbox.mapping_count
         return [(self.root, raw)]
@@ -596,7 +596,7 @@ class Tree:
         # An empty sandbox top holds no other mappings: "/" may be mapped onto it.
         empty = isinstance(sandbox.node, ScaffoldDir) and not sandbox.node.children
         changed = self._apply(
-            f"map {display(raw)!r}", holder, raw, mappings, fresh=empty, checked=checked
+            f"map '{display(raw)}'", holder, raw, mappings, fresh=empty, checked=checked
         )
         if holder.children[raw] is not sandbox.node:  # the sandbox root itself got mapped
             sandbox.node = holder.children[raw]
@@ -613,7 +613,7 @@ class Tree:
         """
         raw = os.fsencode(name)
         sandbox = self._sandbox("unmap", raw)
-        label = f"unmap {display(raw)!r}"
+        label = f"unmap '{display(raw)}'"
         requested = [tuple(comps) for comps in paths]
         for index, comps in enumerate(requested):
             chain = self._walk(sandbox.node, comps)
@@ -689,7 +689,7 @@ class Tree:
     def _sandbox(self, verb: str, raw: bytes) -> Sandbox:
         sandbox = self.sandboxes.get(raw)
         if sandbox is None:
-            raise NotFoundError(f"{verb} {display(raw)!r}: no such sandbox")
+            raise NotFoundError(f"{verb} '{display(raw)}': no such sandbox")
         return sandbox
 
     def first_host_path(self) -> bytes | None:

@@ -532,3 +532,70 @@ async def test_grace_deadline_bounds_pipelined_requests_too(host, socket_path, a
         with trio.move_on_after(60):
             await peer.assert_closed()
         assert trio.current_time() - start <= 2.0 + 0.05
+
+
+# -- regressions: hostile input must never cost more than its own request -------------
+
+
+async def test_non_utf8_path_in_an_error_keeps_the_server_serving(host):
+    """An error naming a path that is not UTF-8 is still a valid message (it used to kill the server)."""
+    async with serving(make_server()) as connect:
+        peer = connect()
+        assert "result" in await peer.call(create(1, "s", ["/f", str(host / "file"), False]))
+        response = await peer.call({"id": 2, "op": "unmap", "name": "s", "paths": [b"/x\xff"]})
+        assert code_of(response) == "not_found"
+        assert response["error"]["details"]["path"] == "/x\\xff"
+        assert (await peer.call({"id": 3, "op": "list"}))["result"]["sandboxes"][0]["name"] == "s"
+
+
+async def test_deeply_nested_mapping_is_an_invalid_mapping_not_a_crash():
+    marker = "NESTED-MAPPING"
+    message = encode(create(1, "s", marker))
+    nested = b"\x91" * 1000 + b"\x90"  # [[[...[]...]]], deeper than Python's repr can go
+    async with serving(make_server()) as connect:
+        peer = connect()
+        await peer.stream.send_all(message.replace(encode(marker), nested))
+        response = await peer.receive()
+    assert code_of(response) == "invalid_mapping"
+
+
+async def test_ping_refuses_versions_below_one():
+    async with serving(make_server()) as connect:
+        response = await connect().call({"id": 1, "op": "ping", "version": 0})
+    assert code_of(response) == "invalid_request"
+
+
+async def test_map_and_unmap_count_mappings_not_array_elements(tmp_path):
+    files = host_files(tmp_path / "files", 3)
+    async with serving(make_server()) as connect:
+        peer = connect()
+        assert "result" in await peer.call(create(1, "s"))
+        mapped = await peer.call({"id": 2, "op": "map", "name": "s", "mappings": [
+            ["/d", str(files), False, [b"f0", b"f1", b"f2"]]]})
+        assert mapped["result"]["mapped"] == 3
+        unmapped = await peer.call({"id": 3, "op": "unmap", "name": "s",
+                                    "paths": ["/d/f0", "/d/f1", "/d/f0"]})
+        assert unmapped["result"]["unmapped"] == 2
+
+
+async def test_large_grouped_create_goes_off_the_event_loop(tmp_path):
+    """A few groups of many names count by names: the build still leaves the loop."""
+    count = 2000
+    files = host_files(tmp_path / "files", count)
+    tree = ThreadRecordingTree()
+    async with serving(make_server(tree)) as connect:
+        response = await connect().call(create(
+            1, "big", ["/src", str(files), False, [f"f{i}".encode() for i in range(count)]]))
+    assert response["result"]["mappings"] == count
+    assert tree.build_threads and tree.build_threads[0] is not threading.main_thread()
+
+
+async def test_unknown_ops_do_not_grow_the_statistics():
+    server = make_server()
+    async with serving(server) as connect:
+        peer = connect()
+        for i in range(5):
+            await peer.call({"id": i, "op": f"frobnicate{i}"})
+        stats = (await peer.call({"id": 9, "op": "stats"}))["result"]
+    assert stats["requests"]["unknown"] == 5
+    assert not any(key.startswith("frobnicate") for key in stats["requests"])
