@@ -52,8 +52,11 @@ def _load_mappings_file(path: str) -> list:
     for index, item in enumerate(value):
         if isinstance(item, dict):
             item = [item.get("path"), item.get("underlying"), bool(item.get("writable", False))]
-        if not isinstance(item, list) or len(item) not in (2, 3):
-            raise InvalidRequestError(f"--from {path}: mapping {index} is not [path, underlying, writable]")
+        if (not isinstance(item, list) or len(item) not in (2, 3)
+                or not all(isinstance(p, (str, bytes)) for p in item[:2])):
+            raise InvalidRequestError(
+                f"--from {path}: mapping {index} is not [path, underlying, writable] with string paths"
+            )
         out.append(item)
     return out
 
