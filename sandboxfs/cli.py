@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Sequence
 
-from . import __version__, commands
+from . import __version__, commands, compat
 from .errors import MappingError, SandboxfsError, describe_oserror
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
 from .mapping import Mapping, parse_mapping_flag
@@ -122,9 +122,17 @@ def _configure_logging(level: str) -> None:
     )
 
 
+def _command_names(parser: argparse.ArgumentParser) -> set[str]:
+    return {name for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction) for name in action.choices}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (argparse exits 2 on usage errors)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if compat.is_02_command_line(argv, _command_names(parser)):
+        return compat.main(argv)  # the sandboxfs 0.2 command line: no subcommand
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

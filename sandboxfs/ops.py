@@ -224,26 +224,24 @@ class Operations(pyfuse3.Operations):
         st = os.lstat(path)
         return self._entry(parent.discovered(name, st), st)
 
-    @_fuse_op
-    async def mknod(self, parent_inode, name, mode, rdev, ctx) -> pyfuse3.EntryAttributes:
+    def _make(self, parent_inode: int, name: bytes, ctx, make: Callable[[bytes], None]):
+        """Create a host object through ``make(path)`` and answer its entry, owned by the caller."""
         parent, path = self._writable_dir_entry(parent_inode, name)
-        os.mknod(path, mode, rdev)
+        make(path)
         self._chown_created(path, ctx)
         return self._new_entry(parent, name, path)
+
+    @_fuse_op
+    async def mknod(self, parent_inode, name, mode, rdev, ctx) -> pyfuse3.EntryAttributes:
+        return self._make(parent_inode, name, ctx, lambda path: os.mknod(path, mode, rdev))
 
     @_fuse_op
     async def mkdir(self, parent_inode, name, mode, ctx) -> pyfuse3.EntryAttributes:
-        parent, path = self._writable_dir_entry(parent_inode, name)
-        os.mkdir(path, mode)
-        self._chown_created(path, ctx)
-        return self._new_entry(parent, name, path)
+        return self._make(parent_inode, name, ctx, lambda path: os.mkdir(path, mode))
 
     @_fuse_op
     async def symlink(self, parent_inode, name, target, ctx) -> pyfuse3.EntryAttributes:
-        parent, path = self._writable_dir_entry(parent_inode, name)
-        os.symlink(target, path)
-        self._chown_created(path, ctx)
-        return self._new_entry(parent, name, path)
+        return self._make(parent_inode, name, ctx, lambda path: os.symlink(target, path))
 
     @_fuse_op
     async def link(self, inode, new_parent_inode, new_name, ctx) -> pyfuse3.EntryAttributes:

@@ -212,6 +212,16 @@ def child_of(container: dict | None, name: bytes) -> Node | None:
     return value
 
 
+def children_of(node: Node) -> dict:
+    """The container of a directory node's explicit children: scaffold children or overlays."""
+    if isinstance(node, ScaffoldDir):
+        return node.children
+    assert isinstance(node, MappedNode)
+    if node.overlays is None:
+        node.overlays = {}
+    return node.overlays
+
+
 def lookup(parent: Node, name: bytes) -> tuple[Node, os.stat_result | None] | None:
     """Resolve ``name`` in directory ``parent``: (node, its lstat or None), or None if absent.
 
@@ -311,14 +321,6 @@ class _Batch:
 
     # -- walking ---------------------------------------------------------------------
 
-    def _children(self, node: Node) -> dict:
-        if isinstance(node, ScaffoldDir):
-            return node.children
-        assert isinstance(node, MappedNode)
-        if node.overlays is None:
-            node.overlays = {}
-        return node.overlays
-
     def directory(self, comps: tuple[bytes, ...], index: int, path: bytes) -> tuple[Node, dict]:
         """The node at ``comps`` (scaffolds made as needed) and its child container."""
         hit = self._dirs.get(comps)
@@ -330,7 +332,7 @@ class _Batch:
             node = child_of(container, name)
             if isinstance(node, MappedNode):
                 self.require_directory(index, path, node)
-            children = self._children(node)
+            children = children_of(node)
             if part not in children:
                 scaffold = ScaffoldDir()
                 self.new_scaffolds.add(id(scaffold))
@@ -340,7 +342,7 @@ class _Batch:
         node = child_of(container, name)
         if isinstance(node, MappedNode):
             self.require_directory(index, path, node)
-        hit = self._dirs[comps] = (node, self._children(node))
+        hit = self._dirs[comps] = (node, children_of(node))
         return hit
 
     # -- placing ---------------------------------------------------------------------
@@ -537,13 +539,7 @@ class Tree:
     # -- sandboxes -------------------------------------------------------------------
 
     def _root_children(self) -> dict:
-        root = self.root
-        if isinstance(root, ScaffoldDir):
-            return root.children
-        assert isinstance(root, MappedNode)
-        if root.overlays is None:
-            root.overlays = {}
-        return root.overlays
+        return children_of(self.root)
 
     def build_sandbox(self, name: str | bytes, mappings: Sequence[Mapping]) -> Sandbox:
         """Build a sandbox detached from the tree (safe to run in a worker thread).
@@ -639,7 +635,7 @@ class Tree:
                 changed.append((self.root, raw))
                 removed += 1
                 continue
-            container = parent.children if isinstance(parent, ScaffoldDir) else parent.overlays
+            container = children_of(parent)
             if node.overlays:
                 replacement = ScaffoldDir()
                 replacement.children = dict(node.overlays)
@@ -663,7 +659,7 @@ class Tree:
         for parent, name, node in reversed(chain):
             if parent is None or not isinstance(node, ScaffoldDir) or node.children:
                 break
-            container = parent.children if isinstance(parent, ScaffoldDir) else parent.overlays
+            container = children_of(parent)
             del container[name]
             if parent.ino:
                 pruned.append((parent, name))
