@@ -14,6 +14,8 @@ import pytest
 from .harness import Mount, is_mounted, world_traversable_tempdir
 
 UNPRIVILEGED_USER = "sbxtest"
+# A Python the unprivileged user can run: the venv lives under /root (mode 0700).
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 pytestmark = pytest.mark.fuse
 

@@ -51,11 +51,10 @@ from sandboxfs.errors import (
     TooLargeError,
 )
 
-from .conftest import run_as
+from .conftest import SYSTEM_PYTHON, run_as
 from .harness import Mount, MountFailed, is_mounted
 
 TTL = ["--ttl", "600"]
-SYSTEM_PYTHON = "/usr/bin/python3"  # for the unprivileged user: the venv is not theirs
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -27,11 +27,10 @@ from pathlib import Path
 import pytest
 
 from . import harness
-from .conftest import run_as
+from .conftest import SYSTEM_PYTHON, run_as
 from .harness import Mount, MountFailed, is_mounted
 
 # The system python: the test venv's interpreter may not be readable by other users.
-SYSTEM_PYTHON = "/usr/bin/python3"
 # Prints the names in a directory, or the errno name and exit status 1.
 LISTDIR_SCRIPT = """
 import errno, os, sys

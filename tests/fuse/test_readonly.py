@@ -20,14 +20,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import shutil
 import stat
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import pytest
 
-from .conftest import run_as
+from .conftest import SYSTEM_PYTHON, run_as
 
 XATTR = "user.sandboxfs-test"
 
@@ -233,14 +232,6 @@ def test_xattr_changes_without_xattrs_flag_are_unsupported(workdir, sandboxfs_mo
     assert_refused(Layout(host, mount.mount_point), errno.EOPNOTSUPP, operation)
 
 
-def _system_python() -> str:
-    """A Python interpreter the unprivileged user can execute (not the venv under /root)."""
-    for candidate in ("/usr/bin/python3", shutil.which("python3") or ""):
-        if candidate and os.access(candidate, os.X_OK) and not candidate.startswith("/root"):
-            return candidate
-    pytest.skip("no system python3 for the unprivileged user")
-
-
 OPEN_AND_REPORT_ERRNO = """
 import errno, os, sys
 try:
@@ -265,7 +256,7 @@ def test_unprivileged_user_cannot_write_read_only_root_file(
     mount = sandboxfs_mount(mount_args(host, "--allow", "other"))
     layout = Layout(host, mount.mount_point)
     before = snapshot(host)
-    result = run_as(unprivileged_user, [_system_python(), "-c", OPEN_AND_REPORT_ERRNO,
+    result = run_as(unprivileged_user, [SYSTEM_PYTHON, "-c", OPEN_AND_REPORT_ERRNO,
                                         str(layout.mount / path), str(flags)])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("EACCES", "EPERM")

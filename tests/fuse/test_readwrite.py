@@ -25,10 +25,9 @@ from typing import NamedTuple
 
 import pytest
 
-from .conftest import run_as
+from .conftest import SYSTEM_PYTHON, run_as
 
 # The venv's python lives under /root (mode 0700): other users need the system one.
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
