@@ -57,34 +57,47 @@ class _Session:
 
     def encode_mappings(self, mappings: Iterable[MappingArg], table: dict[int, bytes]) -> list:
         """Mappings whose two paths end in the same name and share both parent
-        directories and writability travel as one group: ``[dir, host_dir, w, [names]]``."""
-        groups: dict[tuple[bytes, bytes, bool], tuple[list[bytes], list[int]]] = {}
+        directories and writability travel as one group,
+        ``[dir, host_dir, writable, b"name1\\0name2..."]``; the rest as
+        ``[path, underlying, writable]``.
+
+        This loop runs once per mapping of a 100,000-mapping request, so it
+        works on ``str`` (no per-path encoding) and leaves each group's names
+        to one join and one encode.
+        """
+        groups: dict[tuple[str, str, bool], tuple[list[str], list[int]]] = {}
         wire: list = []
         for index, item in enumerate(mappings):
             if isinstance(item, Mapping):
                 path, underlying, writable = item.path, item.underlying, item.writable
             else:
-                path, underlying = _encode(item[0]), _encode(item[1])
+                path, underlying = item[0], item[1]
                 writable = len(item) > 2 and bool(item[2])
-            directory, _, name = path.rpartition(b"/")
-            host_dir, _, host_name = underlying.rpartition(b"/")
-            if (name and name == host_name and directory and host_dir
-                    and path.startswith(b"/") and underlying.startswith(b"/")):
-                group = groups.get((directory, host_dir, writable))
+            if type(path) is not str:
+                path = os.fsdecode(path)
+            if type(underlying) is not str:
+                underlying = os.fsdecode(underlying)
+            directory, _, name = path.rpartition("/")
+            host_dir, _, host_name = underlying.rpartition("/")
+            if name == host_name and name and directory and host_dir \
+                    and path[0] == "/" and underlying[0] == "/":
+                key = (directory, host_dir, writable)
+                group = groups.get(key)
                 if group is None:
-                    group = groups[(directory, host_dir, writable)] = ([], [])
-                    wire.append((directory, host_dir, writable, *group))
+                    group = groups[key] = ([], [])
+                    wire.append(key)
                 group[0].append(name)
                 group[1].append(index)
             else:
-                wire.append([self._compress(path, table), self._compress(underlying, table), writable,
-                             index])
+                wire.append([self._compress(_encode(path), table),
+                             self._compress(_encode(underlying), table), writable, index])
         self._caller_index = [
-            i for entry in wire for i in (entry[4] if isinstance(entry, tuple) else entry[3:])
+            i for entry in wire for i in (groups[entry][1] if type(entry) is tuple else entry[3:])
         ]
         return [
-            [self._prefix(entry[0], table), self._prefix(entry[1], table), entry[2], entry[3]]
-            if isinstance(entry, tuple) else entry[:3]
+            [self._prefix(_encode(entry[0]), table), self._prefix(_encode(entry[1]), table),
+             entry[2], "\0".join(groups[entry][0]).encode("utf-8", "surrogateescape")]
+            if type(entry) is tuple else entry[:3]
             for entry in wire
         ]
 

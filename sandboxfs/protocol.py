@@ -147,13 +147,17 @@ def decode_underlying(raw: Any, prefixes: PrefixTable, label: str) -> bytes:
 
 
 def _decode_names(raw: Any, label: str) -> list[bytes]:
-    if not isinstance(raw, list):
-        raise MappingError(f"{label}: the names of a group must be an array")
-    try:
-        b"".join(raw)
-        names = raw  # all bytes already: the common, cheap case
-    except TypeError:
-        names = [_as_bytes(n, f"{label}: name") for n in raw]
+    """A group's names: an array of str/bin, or one bin of names separated by NUL bytes."""
+    if isinstance(raw, bytes):
+        names = raw.split(b"\0")  # one C call for the whole group
+    elif isinstance(raw, list):
+        try:
+            b"".join(raw)
+            names = raw  # all bytes already
+        except TypeError:
+            names = [_as_bytes(n, f"{label}: name") for n in raw]
+    else:
+        raise MappingError(f"{label}: the names of a group must be an array or a NUL-separated bin")
     reason = check_names(names)
     if reason:
         raise MappingError(f"{label}: {reason}")
@@ -164,8 +168,9 @@ def decode_mappings(raw: Any, prefixes: PrefixTable, label: str) -> tuple[Mappin
     """Decode the ``mappings`` array; errors name the mapping's index, path and reason.
 
     An element is a mapping ``[path, underlying, writable]`` or a group
-    ``[directory, host_directory, writable, [name, ...]]``, which stands for
-    one mapping per name and counts as that many for indices.
+    ``[directory, host_directory, writable, names]`` (names: an array, or one
+    bin of NUL-separated names), which stands for one mapping per name and
+    counts as that many for indices.
     """
     if not isinstance(raw, (list, tuple)):
         raise InvalidRequestError(f"{label}: 'mappings' must be an array")

@@ -62,6 +62,8 @@ def _large(message: Any) -> bool:
     for item in items:
         if isinstance(item, list) and len(item) == 4 and isinstance(item[3], list):
             total += len(item[3])
+        elif isinstance(item, list) and len(item) == 4 and isinstance(item[3], bytes):
+            total += item[3].count(b"\0") + 1
         else:
             total += 1
     return total > OFF_LOOP_MAPPINGS

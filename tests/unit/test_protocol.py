@@ -568,3 +568,29 @@ def test_junk_only_raises_sandboxfs_errors(message):
         decode(message, prefixes)
     except SandboxfsError as exc:
         assert exc.code in ("invalid_request", "invalid_mapping")
+
+
+# -- groups whose names travel as one NUL-separated bin ---------------------------------
+
+
+def test_group_names_as_one_nul_separated_bin():
+    request = decode(mapping_request(["/inc", "/usr/include", False, b"a.h\0b.h\0c.h"]))
+    (group,) = request.mappings
+    assert isinstance(group, MappingGroup)
+    assert list(group.names) == [b"a.h", b"b.h", b"c.h"]
+    assert group.directory == (b"inc",) and group.host_dir == b"/usr/include"
+
+
+@pytest.mark.parametrize(
+    "blob, reason",
+    [
+        (b"a\0\0b", "a name is empty, '.' or '..'"),
+        (b"a\0a", "a name is listed twice"),
+        (b"a/b\0c", "a name contains '/'"),
+        (b"..", "a name is empty, '.' or '..'"),
+    ],
+)
+def test_bad_names_in_a_bin_group_are_refused(blob, reason):
+    err = refused(mapping_request(["/inc", "/usr/include", False, blob]), error=MappingError)
+    assert reason in err.message
+    assert err.details["index"] == 0
