@@ -46,7 +46,7 @@ class _Session:
         self._next_prefix = 1  # never reused: the server may hold ids of failed requests
         self._prefix_ids: dict[bytes, int] = {}
         self._sent_now: list[bytes] = []
-        self._caller_index: list[int] = []  # wire position -> index in the caller's list
+        self._last_items: list = []  # the last request's mappings, to name them in errors
         self.reader = MessageReader()
 
     def _compress(self, path: bytes, table: dict[int, bytes]) -> list | bytes:
@@ -60,46 +60,27 @@ class _Session:
         directories and writability travel as one group,
         ``[dir, host_dir, writable, b"name1\\0name2..."]``; the rest as
         ``[path, underlying, writable]``.
-
-        This loop runs once per mapping of a 100,000-mapping request, so it
-        works on ``str`` (no per-path encoding) and leaves each group's names
-        to one join and one encode.
         """
-        groups: dict[tuple[str, str, bool], tuple[list[str], list[int]]] = {}
-        wire: list = []
-        for index, item in enumerate(mappings):
-            if isinstance(item, Mapping):
-                path, underlying, writable = item.path, item.underlying, item.writable
-            else:
-                path, underlying = item[0], item[1]
-                writable = len(item) > 2 and bool(item[2])
-            if type(path) is not str:
-                path = os.fsdecode(path)
-            if type(underlying) is not str:
-                underlying = os.fsdecode(underlying)
-            directory, _, name = path.rpartition("/")
-            host_dir, _, host_name = underlying.rpartition("/")
-            if name == host_name and name and directory and host_dir \
-                    and path[0] == "/" and underlying[0] == "/":
-                key = (directory, host_dir, writable)
-                group = groups.get(key)
-                if group is None:
-                    group = groups[key] = ([], [])
-                    wire.append(key)
-                group[0].append(name)
-                group[1].append(index)
-            else:
-                wire.append([self._compress(_encode(path), table),
-                             self._compress(_encode(underlying), table), writable, index])
-        self._caller_index = [
-            i for entry in wire for i in (groups[entry][1] if type(entry) is tuple else entry[3:])
-        ]
+        items = mappings if type(mappings) is list else list(mappings)
+        self._last_items = items
+        groups, wire = _group(items)
         return [
             [self._prefix(_encode(entry[0]), table), self._prefix(_encode(entry[1]), table),
-             entry[2], "\0".join(groups[entry][0]).encode("utf-8", "surrogateescape")]
-            if type(entry) is tuple else entry[:3]
+             entry[2], "\0".join(groups[entry]).encode("utf-8", "surrogateescape")]
+            if type(entry) is tuple else
+            [self._compress(_encode(entry[0]), table), self._compress(_encode(entry[1]), table),
+             entry[2]]
             for entry in wire
         ]
+
+    def _caller_index(self, wire_index: int) -> int:
+        """The caller's index of the mapping at ``wire_index`` (groups reorder mappings).
+
+        Recomputed only when an error names a mapping, to keep encoding lean.
+        """
+        positions: list[int] = []
+        _group(self._last_items, positions)
+        return positions[wire_index] if 0 <= wire_index < len(positions) else wire_index
 
     def _prefix(self, directory: bytes, table: dict[int, bytes]) -> list:
         ident = self._prefix_ids.get(directory)
@@ -114,7 +95,7 @@ class _Session:
         request_id = self._next_id
         self._next_id += 1
         self._sent_now = []
-        self._caller_index = []
+        self._last_items = []
         table: dict[int, bytes] = {}
         message: dict[str, Any] = {"id": request_id, "op": op}
         try:
@@ -151,12 +132,51 @@ class _Session:
     def _error(self, err: dict):
         message, details = str(err.get("message")), err.get("details")
         index = details.get("index") if isinstance(details, dict) else None
-        if type(index) is int and 0 <= index < len(self._caller_index):
+        if type(index) is int and self._last_items:
             # Groups reorder mappings on the wire: name the caller's mapping.
-            mine = self._caller_index[index]
+            mine = self._caller_index(index)
             message = message.replace(f"mapping {index} (", f"mapping {mine} (", 1)
             details = {**details, "index": mine}
         return error_for_code(str(err.get("code")), message, details)
+
+
+def _group(items: list, positions: list[int] | None = None) -> tuple[dict, list]:
+    """Sort mappings into groups: returns ({(dir, host_dir, w): [names]}, wire order).
+
+    The wire order lists group keys (tuples) and lone mappings ([path,
+    underlying, w]).  With ``positions``, also fills in the caller's index of
+    each mapping in wire order.  This loop runs once per mapping of a
+    100,000-mapping request, so it stays on ``str`` and does little else.
+    """
+    groups: dict[tuple[str, str, bool], list[str]] = {}
+    members: dict[tuple[str, str, bool], list[int]] = {}
+    wire: list = []
+    get = groups.get
+    for index, item in enumerate(items):
+        if isinstance(item, Mapping):
+            item = (item.path, item.underlying, item.writable)
+        path, underlying = item[0], item[1]
+        writable = len(item) > 2 and bool(item[2])
+        if type(path) is not str or type(underlying) is not str:
+            path, underlying = os.fsdecode(path), os.fsdecode(underlying)
+        directory, _, name = path.rpartition("/")
+        host_dir, _, host_name = underlying.rpartition("/")
+        if name == host_name and name and directory and host_dir \
+                and path[0] == "/" and underlying[0] == "/":
+            key = (directory, host_dir, writable)
+            names = get(key)
+            if names is None:
+                names = groups[key] = []
+                wire.append(key)
+            names.append(name)
+            if positions is not None:
+                members.setdefault(key, []).append(index)
+        else:
+            wire.append([path, underlying, writable, index])
+    if positions is not None:
+        for entry in wire:
+            positions.extend(members[entry] if type(entry) is tuple else entry[3:])
+    return groups, wire
 
 
 def _encode(path: PathArg) -> bytes:

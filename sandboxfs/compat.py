@@ -423,7 +423,7 @@ class StreamDecoder:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._resume = 0  # where the scan of the pending value goes on
-        self._depth = 0
+        self._open: list[bytes] = []  # the closing brackets it still needs
         self._line = 1  # line of the buffer's first byte, for messages
 
     def feed(self, data: bytes) -> list[Any]:
@@ -461,22 +461,28 @@ class StreamDecoder:
             values.append(self._decode(bytes(buffer[:end])))
             self._line += buffer.count(b"\n", 0, end)
             del buffer[:end]
-            self._resume = self._depth = 0
+            self._resume = 0
+            self._open.clear()
 
     def _scan(self) -> int | None:
-        """End offset of the value at the buffer's start, or None if it is incomplete."""
-        depth = self._depth
+        """End offset of the value at the buffer's start, or None if it is incomplete.
+
+        A closing bracket that does not match ends the value too: decoding
+        it then reports the syntax error, as soon as it arrives.
+        """
+        open_ = self._open
         for match in self._TOKEN.finditer(self._buffer, self._resume):
             token = match.group()
             if token == b'"':  # a string that has not ended yet
-                self._resume, self._depth = match.start(), depth
+                self._resume = match.start()
                 return None
             if token[0] == 0x22:  # '"': a whole string
                 continue
-            depth += 1 if token in (b"{", b"[") else -1
-            if depth == 0:
+            if token in (b"{", b"["):
+                open_.append(b"}" if token == b"{" else b"]")
+            elif open_.pop() != token or not open_:
                 return match.end()
-        self._resume, self._depth = len(self._buffer), depth
+        self._resume = len(self._buffer)
         return None
 
     def _decode(self, raw: bytes) -> Any:
@@ -700,9 +706,10 @@ class Translator:
             except ValueError as exc:
                 raise RefusedError(f"Bad prefix number: {exc}") from None
             known = self.prefixes.get(number, new.get(number))
-            if known is not None and _path_key(known) != _path_key(path):
+            if known is None:
+                new[number] = path
+            elif _path_key(known) != _path_key(path):
                 raise RefusedError(f"Prefix {number} already had path {known} but got new {path}")
-            new.setdefault(number, path)
         self.prefixes.update(new)
 
     def _build(self, prefix: int, suffix: str) -> str:

@@ -51,22 +51,25 @@ class PrefixTable:
     def register(self, table: Any, label: str) -> None:
         if not isinstance(table, dict):
             raise InvalidRequestError(f"{label}: 'prefixes' must be a map of int to path")
-        for key, value in table.items():
-            if not isinstance(key, int) or isinstance(key, bool) or key <= 0:
+        paths = self._paths
+        for key, value in table.items():  # one pass per directory of a large request: keep it tight
+            if type(key) is not int or key <= 0:
                 raise InvalidRequestError(f"{label}: prefix id {key!r} is not a positive integer")
-            path = _as_bytes(value, f"{label}: prefix {key}")
-            if not path.startswith(b"/") or b"\0" in path:
+            path = value if type(value) is bytes else _as_bytes(value, f"{label}: prefix {key}")
+            if path[:1] != b"/" or b"\0" in path:
                 raise InvalidRequestError(
                     f"{label}: prefix {key} ({display(path)}) must be an absolute path without NUL"
                 )
-            path = path.rstrip(b"/") or b"/"
-            known = self._paths.get(key)
-            if known is not None and known != path:
+            if path[-1:] == b"/":
+                path = path.rstrip(b"/") or b"/"
+            known = paths.get(key)
+            if known is None:
+                paths[key] = path
+            elif known != path:
                 raise InvalidRequestError(
                     f"{label}: prefix {key} is already {display(known)}, cannot redefine it "
                     f"as {display(path)}"
                 )
-            self._paths[key] = path
 
     def path(self, key: Any, label: str) -> bytes:
         try:

@@ -144,6 +144,7 @@ class Reconfigurer:
             return await self._attach(tree.build_sandbox(request.name, request.mappings))
         if op == "destroy_sandbox":
             await self.kernel.invalidate(tree.destroy_sandbox(request.name))
+            self._free_detached_later()
             return {"name": name_value(request.name)}
         if op == "map":
             mappings = request.mappings
@@ -175,6 +176,13 @@ class Reconfigurer:
                 "server": f"sandboxfs {__version__}",
             }
         raise AssertionError(f"op {op!r} passed decoding but has no handler")  # pragma: no cover
+
+    def _free_detached_later(self) -> None:
+        """Free destroyed sandboxes in a worker thread, after the answer has gone out."""
+        garbage, self.tree.detached = self.tree.detached, []
+        if sum(s.mapping_count for s in garbage) < OFF_LOOP_MAPPINGS:
+            return  # small: freeing it here costs less than a thread hop
+        trio.lowlevel.spawn_system_task(trio.to_thread.run_sync, garbage.clear)
 
     def stats(self) -> dict:
         return {
