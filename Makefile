@@ -4,7 +4,7 @@
 PY ?= python3
 VENV = .venv
 
-.PHONY: system venv test demo bench-control clean
+.PHONY: system venv test demo bench bench-quick bench-control clean
 
 # Cheap when everything is there, so it runs every time.
 system:
@@ -16,7 +16,7 @@ venv: $(VENV)/.stamp
 # The stamp re-installs whenever pyproject.toml changes.
 $(VENV)/.stamp: pyproject.toml | system
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -e '.[test]'
+	$(VENV)/bin/python -m pip install -e '.[test,bench]'
 	touch $@
 
 test: venv
@@ -25,8 +25,17 @@ test: venv
 demo: venv
 	$(VENV)/bin/python demo/demo.py
 
+# The benchmark harness (docs/benchmarks.md). Needs root and /dev/fuse (it mounts
+# sandboxfs and bindfs); `make bench` rewrites docs/benchmarks.md and docs/plots/.
+bench: venv
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
+bench-quick: venv
+	$(VENV)/bin/python -m bench --quick $(BENCH_ARGS)
+
+# Only the control-socket scenarios (what bench/control_speed.py used to measure).
 bench-control: venv
-	$(VENV)/bin/python bench/control_speed.py $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench --only setup,scale --no-report $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

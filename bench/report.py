@@ -1,0 +1,304 @@
+"""Results JSON -> docs/benchmarks.md (tables) and docs/plots/*.png (matplotlib).
+
+``render(results, docs_dir)`` rewrites benchmarks.md from the results; any text
+below the line ``KEEP_MARKER`` in the existing file is hand-written analysis and
+is carried over unchanged.  ``python -m bench.report RESULTS.json [DOCS_DIR]``
+re-renders a saved run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+KEEP_MARKER = "<!-- hand-written below this line; kept when the report is regenerated -->"
+
+STRATEGY_LABELS = {
+    "in_place": "no sandbox", "symlink_py": "symlink forest (Python)",
+    "symlink_cp": "symlink forest (cp -rs)", "hardlink": "hard-link forest (cp -al)",
+    "copy": "full copy (cp -r)", "sandboxfs": "sandboxfs", "sandboxfs_reuse": "sandboxfs, reused",
+}
+METRIC_LABELS = {
+    "seq_read_first": "sequential read, first", "seq_read_repeat": "sequential re-read",
+    "stat_first": "stat existing, first", "stat_repeat": "stat existing, repeated",
+    "stat_missing_first": "stat missing, first", "stat_missing_repeat": "stat missing, repeated",
+    "small_read_first": "open+read+close small file, first",
+    "small_read_repeat": "open+read+close small file, repeated",
+    "readdir_10k": "readdir of 10,000 entries", "seq_write": "sequential write (rw mapping)",
+    "gcc_first": "gcc -c with 300 headers, first", "gcc_repeat": "gcc -c with 300 headers, repeated",
+}
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "–"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10 or digits == 0:
+        return f"{x:.{min(digits, 1)}f}"
+    return f"{x:.{digits + 1}f}" if abs(x) < 1 else f"{x:.{digits}f}"
+
+
+def _ratio(x: float | None) -> str:
+    return "–" if x is None else (f"{x:.2f}x" if x < 10 else f"{x:.1f}x")
+
+
+def _range(s: dict, scale: float = 1.0) -> str:
+    if not s or s.get("median") is None:
+        return "–"
+    return f"{_num(s['median'] * scale)} ({_num(s['min'] * scale)}–{_num(s['max'] * scale)})"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _setup_section(data: dict, plots: Path) -> str:
+    rows = [[f"{r['n']:,}", STRATEGY_LABELS[r["strategy"]], _range(r["seconds"], 1000),
+             _num(r["us_per_input"]["median"]), _ratio(r["speedup_vs_symlink_py"]["median"])]
+            for r in data["rows"]]
+    parts = data["sandboxfs_parts"]
+    split = [[f"{int(n):,}", _range({"median": _med(parts['create'][n]), "min": min(parts['create'][n]),
+                                      "max": max(parts['create'][n])}, 1000),
+              _range({"median": _med(parts['destroy'][n]), "min": min(parts['destroy'][n]),
+                      "max": max(parts['destroy'][n])}, 1000)]
+             for n in parts["create"] if parts["create"][n]]
+    _plot_setup(data, plots / "setup.png")
+    return "\n\n".join([
+        "## 1. Setup + teardown of one sandbox",
+        "A sandbox of N declared inputs drawn from the synthetic toolchain (20 files per leaf "
+        "directory, depth 3–6), built and removed by each strategy in turn. Speed-up is the "
+        "Python symlink forest's time divided by the strategy's, computed round by round, median "
+        "shown (higher is faster).",
+        _table(["N", "strategy", "ms: median (min–max)", "µs per input", "speed-up vs Python forest"],
+               rows),
+        "sandboxfs split into its two control round trips:",
+        _table(["N", "create_sandbox ms", "destroy_sandbox ms"], split),
+        "![setup + teardown time vs N](plots/setup.png)",
+    ])
+
+
+def _med(xs: list[float]) -> float:
+    s = sorted(xs)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def _plot_setup(data: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for name in dict.fromkeys(r["strategy"] for r in data["rows"]):
+        pts = [(r["n"], r["seconds"]["median"] * 1000) for r in data["rows"] if r["strategy"] == name]
+        ax.plot(*zip(*pts), marker="o", label=STRATEGY_LABELS[name],
+                linewidth=2.5 if name == "sandboxfs" else 1.5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("declared inputs N")
+    ax.set_ylabel("setup + teardown, ms (median)")
+    ax.set_title("Building and removing one sandbox")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _actions_section(data: dict, plots: Path) -> str:
+    rows = [[STRATEGY_LABELS[r["strategy"]], _range(r["wall_seconds"], 1000),
+             _range(r["overhead_per_action_ms"]), _ratio(r["ratio_to_in_place"]["median"]),
+             _num((r["action_seconds"]["gcc"]["median"] or 0) * 1000),
+             _num((r["action_seconds"]["python"]["median"] or 0) * 1000)]
+            for r in data["rows"]]
+    _plot_actions(data, plots / "actions.png")
+    return "\n\n".join([
+        "## 2. Actions",
+        f"{data['actions']} actions per round, {data['parallel']} at a time, each in its own sandbox "
+        f"of {data['declared_inputs']:,} declared toolchain inputs: gcc actions include "
+        f"{data['headers_per_gcc_action']} headers; Python actions also declare "
+        f"{data['python_files_declared']:,} .py files and import {data['modules_per_python_action']} "
+        "modules. *sandboxfs, reused* keeps one sandbox per worker and maps/unmaps only the "
+        "difference between consecutive actions. Overhead = (strategy's round wall time − no "
+        "sandbox's, same round) / actions. Action time = setup + run + collecting outputs + teardown.",
+        f"Outputs byte-identical across strategies: **{'yes' if data['outputs_identical'] else 'NO'}**"
+        + ("" if data["outputs_identical"] else f" ({'; '.join(data['mismatches'])})"),
+        _table(["strategy", "round wall ms", "overhead ms/action", "wall vs no sandbox",
+                "gcc action ms", "Python action ms"], rows),
+        "![per-action overhead](plots/actions.png)",
+    ])
+
+
+def _plot_actions(data: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    rows = [r for r in data["rows"] if r["strategy"] != "in_place"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    labels = [STRATEGY_LABELS[r["strategy"]] for r in rows]
+    med = [r["overhead_per_action_ms"]["median"] for r in rows]
+    lo = [m - r["overhead_per_action_ms"]["min"] for m, r in zip(med, rows)]
+    hi = [r["overhead_per_action_ms"]["max"] - m for m, r in zip(med, rows)]
+    colors = ["tab:blue" if "sandboxfs" in r["strategy"] else "tab:gray" for r in rows]
+    ax.barh(labels, med, xerr=[lo, hi], color=colors, capsize=3)
+    ax.invert_yaxis()
+    ax.set_xlabel("wall-time overhead per action vs no sandbox, ms (median, min–max)")
+    ax.set_title(f"{data['actions']} actions, {data['parallel']} in parallel, "
+                 f"{data['declared_inputs']:,} declared inputs")
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _io_section(data: dict, plots: Path) -> str:
+    rows = []
+    for r in data["rows"]:
+        ratio = r["sandboxfs_vs_bindfs"]["median"]
+        verdict = "–" if ratio is None else ("at or better" if ratio >= 0.95 else "worse")
+        rows.append([METRIC_LABELS[r["metric"]] + f" ({r['unit']}, {r['better']} is better)",
+                     *(_range(r["layers"][l]) for l in data["layers"]),
+                     _ratio(ratio), verdict])
+    _plot_io(data, plots / "io.png")
+    return "\n\n".join([
+        "## 3. I/O: native vs sandboxfs vs bindfs",
+        "The same host directory seen natively, through a read-write sandboxfs mapping "
+        f"(`--ttl 60`), and through bindfs (`-o {data['bindfs_options']}`). Fresh files each round: "
+        "*first* = never looked at through that layer (host page cache warm), *repeated* = "
+        "immediately again. Ratio = sandboxfs vs bindfs per round, oriented so that > 1 means "
+        "sandboxfs is better; *at or better* allows 5% noise.",
+        _table(["operation", *data["layers"], "sandboxfs vs bindfs", "verdict"], rows),
+        "![I/O per layer](plots/io.png)",
+    ])
+
+
+def _plot_io(data: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    rows = data["rows"]
+    cols = 4
+    fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(13, 9), dpi=100)
+    colors = {"native": "tab:gray", "sandboxfs": "tab:blue", "bindfs": "tab:orange"}
+    for ax, r in zip(axes.flat, rows):
+        vals = [r["layers"][l]["median"] or 0 for l in data["layers"]]
+        bars = ax.bar(data["layers"], vals, color=[colors[l] for l in data["layers"]])
+        ax.bar_label(bars, labels=[_num(v) for v in vals], fontsize=7)
+        ax.margins(y=0.12)
+        ax.set_title(METRIC_LABELS[r["metric"]].replace(", ", ",\n", 1), fontsize=9)
+        ax.set_ylabel(f"{r['unit']} ({r['better']} is better)", fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.set_visible(False)
+    fig.suptitle("I/O through each layer (median)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _scale_section(data: dict) -> str:
+    mem = [[f"{m['live_mappings']:,}", str(m["sandboxes"]), f"{m['rss_growth_bytes'] / 2**20:,.1f}",
+            _num(m["bytes_per_mapping"]), _num(m["create_all_seconds"], 2)] for m in data["memory"]]
+    cyc = [[name, f"{c['per_second']:.0f}", _range(c["seconds"], 1000)]
+           for name, c in (("idle", data["cycles"]["idle"]),
+                           ("while 2 gcc compile in a loop", data["cycles"]["loaded"]))]
+    return "\n\n".join([
+        "## 4. Scale",
+        "Server RSS growth per live mapping (sandboxes of up to 10,000 toolchain inputs):",
+        _table(["live mappings", "sandboxes", "RSS growth MiB", "bytes per mapping",
+                "time to create them all, s"], mem),
+        f"create + destroy cycles of a {data['cycle_inputs']:,}-input sandbox:",
+        _table(["load", "cycles/s", "ms per cycle: median (min–max)"], cyc),
+    ] + ([_stall_text(data["stall"])] if "stall" in data else []))
+
+
+def _stall_text(stall: dict) -> str:
+    lst = stall["listings"]
+    return (f"Responsiveness: while a sandbox of {stall['mappings']:,} mappings was created "
+            f"({stall['create_seconds'] * 1000:,.0f} ms), {lst['n']:,} listings of another sandbox "
+            f"took {lst['median'] * 1e6:,.0f} µs median and {lst['max'] * 1000:,.1f} ms at worst "
+            "(the server's single event loop stalls for the longest uninterrupted step).")
+
+
+def _targets_section(results: dict) -> str:
+    out = ["## Targets", ""]
+    sc = results["scenarios"]
+    if "setup" in sc:
+        for n, target in ((10_000, 10), (100_000, 30)):
+            row = [r for r in sc["setup"]["rows"] if r["n"] == n and r["strategy"] == "sandboxfs"]
+            if row:
+                got = row[0]["speedup_vs_symlink_py"]["median"]
+                out.append(f"- Setup + teardown at N = {n:,}: sandboxfs is **{got:.1f}x** faster than "
+                           f"the Python symlink forest (target ≥ {target}x: "
+                           f"{'met' if got >= target else 'not met'}).")
+    if "actions" in sc:
+        rows = {r["strategy"]: r for r in sc["actions"]["rows"]}
+        s, f = rows["sandboxfs"]["overhead_per_action_ms"]["median"], \
+            rows["symlink_py"]["overhead_per_action_ms"]["median"]
+        reuse = rows["sandboxfs_reuse"]["overhead_per_action_ms"]["median"]
+        out.append(f"- Action overhead at {sc['actions']['declared_inputs']:,} declared inputs: sandboxfs "
+                   f"{s:.1f} ms/action (reused: {reuse:.1f}) vs Python symlink forest {f:.1f} "
+                   f"(target: less: {'met' if s < f else 'not met'}).")
+    if "io" in sc:
+        ok = [r for r in sc["io"]["rows"] if (r["sandboxfs_vs_bindfs"]["median"] or 0) >= 0.95]
+        bad = [METRIC_LABELS[r["metric"]] for r in sc["io"]["rows"] if r not in ok]
+        out.append(f"- I/O at or better than bindfs: {len(ok)} of {len(sc['io']['rows'])} rows"
+                   + (f"; worse: {'; '.join(bad)}." if bad else "."))
+    return "\n".join(out)
+
+
+def _machine_section(results: dict) -> str:
+    m = results["machine"]
+    return "\n".join([
+        "## Machine and run", "",
+        f"- {m['cpu']}, {m['cpus']} CPUs, {m['memory_bytes'] / 2**30:.0f} GiB; Linux {m['kernel']}; "
+        f"work tree on {m['work_fs']}; load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}",
+        f"- Python {m['python']}, sandboxfs {m['sandboxfs']}, {m['bindfs']}, {m['gcc']}",
+        f"- mode `{results['mode']}`, {results['config']['warmup']} warm-up round(s) dropped, "
+        f"{results['config']['repeats']} measured rounds (actions: up to 3), strategies interleaved "
+        f"in rotated order; run {results['started']} – {results.get('finished', '?')}",
+        "- every sample is in the JSON file written to `bench/results/`",
+    ])
+
+
+def render(results: dict, docs: Path) -> Path:
+    plots = docs / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    target = docs / "benchmarks.md"
+    kept = ""
+    if target.exists():
+        text = target.read_text()
+        if KEEP_MARKER in text:
+            kept = text.split(KEEP_MARKER, 1)[1]
+    sc = results["scenarios"]
+    sections = [
+        "# sandboxfs benchmarks",
+        "Generated by `make bench` (`python -m bench`); do not edit above the marker at the end. "
+        "`make bench-quick` runs a smaller version. What each scenario does is described in "
+        "`bench/scenarios/*.py`.",
+        _targets_section(results),
+    ]
+    if "setup" in sc:
+        sections.append(_setup_section(sc["setup"], plots))
+    if "actions" in sc:
+        sections.append(_actions_section(sc["actions"], plots))
+    if "io" in sc:
+        sections.append(_io_section(sc["io"], plots))
+    if "scale" in sc:
+        sections.append(_scale_section(sc["scale"]))
+    sections.append(_machine_section(results))
+    target.write_text("\n\n".join(sections) + "\n\n" + KEEP_MARKER + (kept or "\n"))
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: python -m bench.report RESULTS.json [DOCS_DIR]", file=sys.stderr)
+        return 2
+    results = json.loads(Path(argv[0]).read_text())
+    print(render(results, Path(argv[1]) if len(argv) > 1 else Path(__file__).parent.parent / "docs"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

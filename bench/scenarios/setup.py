@@ -1,0 +1,62 @@
+"""Scenario 1: setup + teardown of a sandbox of N declared inputs, per strategy.
+
+Every round builds and removes one sandbox with each strategy, in rotated order;
+ratios to the Python symlink forest are computed round by round.  sandboxfs's
+create and destroy round trips are also kept apart.
+"""
+
+from __future__ import annotations
+
+from bench.measure import Progress, Timer, paired_ratio, rounds, summary
+from bench.strategies import Spec
+
+BASELINE = "symlink_py"
+
+
+def steps(config) -> int:
+    return sum(_weight(n) for n in config.setup_sizes) * (config.warmup + config.repeats)
+
+
+def _weight(n: int) -> float:
+    return max(n, 500)  # time grows with N; small sizes still cost a little
+
+
+def run(env, config, progress: Progress) -> dict:
+    strategies = [env.strategy(name) for name in
+                  ("symlink_py", "symlink_cp", "hardlink", "copy", "sandboxfs")]
+    samples: dict[str, dict[str, list[float]]] = {s.name: {} for s in strategies}
+    parts: dict[str, dict[str, list[float]]] = {"create": {}, "destroy": {}}
+    for n in config.setup_sizes:
+        spec = Spec(env.toolchain.root, tuple(env.toolchain.leaf_dirs(n)),
+                    tuple(env.toolchain.relative(n)))
+        for s in strategies:
+            samples[s.name][str(n)] = []
+        parts["create"][str(n)], parts["destroy"][str(n)] = [], []
+        for r, warm, order in rounds(strategies, config.warmup, config.repeats):
+            took = {}
+            for s in order:
+                ident = f"s{n}r{r}"
+                with Timer() as setup:
+                    s.setup(ident, spec)
+                with Timer() as teardown:
+                    s.teardown(ident, spec)
+                took[s.name] = setup.elapsed + teardown.elapsed
+                if not warm and s.name == "sandboxfs":
+                    parts["create"][str(n)].append(setup.elapsed)
+                    parts["destroy"][str(n)].append(teardown.elapsed)
+            if not warm:
+                for name, t in took.items():
+                    samples[name][str(n)].append(t)
+            progress.step(f"N={n} round {r + 1}{' (warm-up)' if warm else ''}: " + ", ".join(
+                f"{name} {t * 1000:.1f} ms" for name, t in took.items()), _weight(n))
+    rows = []
+    for n in config.setup_sizes:
+        base = samples[BASELINE][str(n)]
+        for s in strategies:
+            mine = samples[s.name][str(n)]
+            rows.append({"n": n, "strategy": s.name, "seconds": summary(mine),
+                         "us_per_input": summary([t * 1e6 / n for t in mine]),
+                         # > 1 means faster than the Python symlink forest
+                         "speedup_vs_symlink_py": paired_ratio(base, mine)})
+    return {"sizes": config.setup_sizes, "samples": samples, "sandboxfs_parts": parts,
+            "rows": rows}
