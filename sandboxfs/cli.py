@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Sequence
 
-from . import __version__, commands, compat
+from . import __version__, commands, compat, logs
 from .errors import MappingError, SandboxfsError, describe_oserror
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
 from .mapping import Mapping, parse_mapping_flag
@@ -115,13 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s sandboxfs[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def _command_names(parser: argparse.ArgumentParser) -> set[str]:
     return {name for action in parser._actions
             if isinstance(action, argparse._SubParsersAction) for name in action.choices}
@@ -137,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    _configure_logging(getattr(args, "log_level", "warning"))
+    logs.configure(getattr(args, "log_level", "warning"))
     try:
         return args.handler(args)
     except SandboxfsError as exc:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Collection, Sequence
 import attrs
 import trio
 
-from . import __version__
+from . import __version__, logs
 from .errors import AlreadyMappedError, SandboxExistsError, SandboxfsError, UsageError
 from .mapping import Mapping, check_underlying
 from .protocol import Request
@@ -425,15 +425,36 @@ class StreamDecoder:
         self._resume = 0  # where the scan of the pending value goes on
         self._open: list[bytes] = []  # the closing brackets it still needs
         self._line = 1  # line of the buffer's first byte, for messages
+        self._error: StreamError | None = None  # to raise after the values before it
 
     def feed(self, data: bytes) -> list[Any]:
-        """Add bytes; return the values they completed.  Raises StreamError."""
+        """Add bytes; return the values they completed.
+
+        Raises StreamError for input that cannot be parsed -- after the
+        values before it were returned, on the next call.
+        """
         self._buffer += data
-        return self._values(final=False)
+        return self._collect(final=False)
 
     def finish(self) -> list[Any]:
         """The input ended: return what is left, or raise StreamError for a partial value."""
-        return self._values(final=True)
+        return self._collect(final=True)
+
+    def raise_pending(self) -> None:
+        """Raise the StreamError held back by the last call, if any."""
+        if self._error is not None:
+            raise self._error
+
+    def _collect(self, final: bool) -> list[Any]:
+        self.raise_pending()
+        values: list[Any] = []
+        try:
+            self._values(values, final)
+        except StreamError as exc:
+            if not values:
+                raise
+            self._error = exc
+        return values
 
     def _skip_space(self) -> None:
         buffer = self._buffer
@@ -442,14 +463,13 @@ class StreamDecoder:
             self._line += buffer.count(b"\n", 0, end)
             del buffer[:end]
 
-    def _values(self, final: bool) -> list[Any]:
-        values = []
+    def _values(self, values: list[Any], final: bool) -> None:
         while True:
             if self._resume == 0:
                 self._skip_space()
             buffer = self._buffer
             if not buffer:
-                return values
+                return
             if buffer[0] not in b"{[":
                 raise StreamError(self._scalar_message(final))
             end = self._scan()
@@ -457,7 +477,7 @@ class StreamDecoder:
                 if final:
                     last_line = self._line + buffer.count(b"\n")
                     raise StreamError(f"EOF while parsing a value at line {last_line}")
-                return values
+                return
             values.append(self._decode(bytes(buffer[:end])))
             self._line += buffer.count(b"\n", 0, end)
             del buffer[:end]
@@ -868,13 +888,18 @@ class OutputSink:
                     raise
             await trio.sleep(0.05)
 
+    async def connect(self) -> None:
+        """Open a FIFO output as soon as it has a reader (clients may wait for that)."""
+        await self.write(b"")
+
     async def write(self, line: bytes) -> None:
         async with self._lock:
             if self._failed:
                 return
             try:
                 stream = await self._open_stream()
-                await stream.send_all(line)
+                if line:
+                    await stream.send_all(line)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._failed = True
                 log.warning("Failed to write to reconfiguration output %s: %s; "
@@ -907,22 +932,27 @@ class JsonStream:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
-            send, receive = trio.open_memory_channel(0)
-            async with trio.open_nursery() as nursery:
-                for _ in range(self.workers):
-                    nursery.start_soon(self._work, receive.clone())
-                await receive.aclose()
-                async with send:
-                    fatal = await self._read(send)
-            if fatal is not None:  # answered after everything read before it
-                await self.sink.write(response_line(None, fatal))
-                log.warning("Reconfigurations stopped: %s; the file system keeps serving", fatal)
-            else:
-                log.info("Reached end of reconfiguration input; "
-                         "file system mappings are now frozen")
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self.sink.connect)
+                await self._serve()
+                outer.cancel_scope.cancel()  # a FIFO output that never got a reader
         finally:  # in trio, which the streams need to close
             self.source.close()
             self.sink.close()
+
+    async def _serve(self) -> None:
+        send, receive = trio.open_memory_channel(0)
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.workers):
+                nursery.start_soon(self._work, receive.clone())
+            await receive.aclose()
+            async with send:
+                fatal = await self._read(send)
+        if fatal is not None:  # answered after everything read before it
+            await self.sink.write(response_line(None, fatal))
+            log.warning("Reconfigurations stopped: %s; the file system keeps serving", fatal)
+        else:
+            log.info("Reached end of reconfiguration input; file system mappings are now frozen")
 
     async def _read(self, send: trio.MemorySendChannel) -> str | None:
         """Feed jobs to the workers until the input ends (None) or is unusable (the message)."""
@@ -937,6 +967,7 @@ class JsonStream:
                     else:
                         job = self.translator.translate(request)
                     await send.send(job)
+                decoder.raise_pending()
         except StreamError as exc:
             return exc.message
         except OSError as exc:
@@ -970,13 +1001,6 @@ class JsonStream:
 
 
 # -- main ---------------------------------------------------------------------------------
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s sandboxfs[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _usage_error(message: str) -> None:
@@ -1066,7 +1090,7 @@ def main(argv: Sequence[str]) -> int:
     if parsed == VERSION:
         print(f"{PROGRAM} {__version__}")
         return 0
-    _configure_logging()
+    logs.configure()
     try:
         return serve(parsed)
     except SandboxfsError as exc:

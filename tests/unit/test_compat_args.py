@@ -385,3 +385,12 @@ def test_decoder_reports_a_mismatched_bracket_at_once():
     decoder = StreamDecoder()
     with pytest.raises(StreamError, match="Expecting value"):
         decoder.feed(b'{"C": {"i": "x", "m": [}\n')
+
+
+def test_decoder_returns_the_values_before_an_error_first():
+    decoder = StreamDecoder()
+    assert decoder.feed(b'{"D": "a"} {"D": ]') == [{"D": "a"}]
+    with pytest.raises(StreamError):
+        decoder.raise_pending()
+    with pytest.raises(StreamError):
+        decoder.feed(b"")
