@@ -18,7 +18,6 @@ Knows nothing of pyfuse3: callers turn KeyError into ESTALE.
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 from .tree import MappedNode, Node

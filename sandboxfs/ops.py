@@ -34,7 +34,7 @@ from pyfuse3 import FUSEError
 
 from . import hostio
 from .inodes import Handle, InodeTable
-from .tree import MappedNode, Node, ScaffoldDir, Tree, list_directory, lookup, stat_of
+from .tree import MappedNode, Node, Tree, list_directory, lookup, stat_of
 
 log = logging.getLogger(__name__)
 
