@@ -29,7 +29,7 @@ from . import __version__
 from .errors import SandboxfsError
 from .mapping import display
 from .protocol import OPS, PROTOCOL_VERSION, PrefixTable, Request, decode_request, name_value
-from .tree import Node, Tree, count_mappings, require_underlying
+from .tree import Node, Tree, count_mappings, dismantle, require_underlying
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +178,13 @@ class Reconfigurer:
         raise AssertionError(f"op {op!r} passed decoding but has no handler")  # pragma: no cover
 
     def _free_detached_later(self) -> None:
-        """Free destroyed sandboxes in a worker thread, after the answer has gone out."""
+        """Free destroyed sandboxes in a worker thread, in small steps (``tree.dismantle``)."""
         garbage, self.tree.detached = self.tree.detached, []
         if sum(s.mapping_count for s in garbage) < OFF_LOOP_MAPPINGS:
             return  # small: freeing it here costs less than a thread hop
-        trio.lowlevel.spawn_system_task(trio.to_thread.run_sync, garbage.clear)
+        trio.lowlevel.spawn_system_task(
+            trio.to_thread.run_sync, _dismantle_all, [s.node for s in garbage]
+        )
 
     def stats(self) -> dict:
         return {
@@ -196,6 +198,11 @@ class Reconfigurer:
             "rss_bytes": _rss_bytes(),
             "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
+
+
+def _dismantle_all(nodes: list[Node]) -> None:
+    for node in nodes:
+        dismantle(node)
 
 
 def _rss_bytes() -> int:

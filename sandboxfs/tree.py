@@ -712,5 +712,33 @@ class Tree:
         return None
 
 
+def dismantle(node: Node) -> None:
+    """Free a detached subtree in small steps (for a worker thread).
+
+    Dropping a 100,000-entry sandbox at once is one long C call that holds
+    the GIL for ~10 ms, stalling the event loop (and the answer that is
+    being sent).  Emptying it a directory at a time, and large directories a
+    batch at a time, lets the GIL change hands in between.  Nodes the kernel
+    still holds stay alive through the inode table; only their links into
+    the destroyed sandbox are cut.
+    """
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, ScaffoldDir):
+            container = current.children
+        elif isinstance(current, MappedNode):
+            container = current.overlays
+        else:
+            continue
+        if not container:
+            continue
+        stack.extend(child for child in container.values() if type(child) is not bytes)
+        while len(container) > 4096:
+            for _ in range(4096):
+                container.popitem()
+        container.clear()
+
+
 def count_mappings(specs: Sequence[Spec]) -> int:
     return sum(spec_size(spec) for spec in specs)

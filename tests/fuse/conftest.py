@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import pytest
 
-from .harness import Mount, is_mounted, world_traversable_tempdir
+from .harness import Mount, is_mounted, stop_all, world_traversable_tempdir
 
 UNPRIVILEGED_USER = "sbxtest"
 # A Python the unprivileged user can run: the venv lives under /root (mode 0700).
@@ -56,14 +56,7 @@ def sandboxfs_mount(workdir: Path) -> Callable[..., Mount]:
         return mount.start()
 
     yield start
-    errors = []
-    for mount in reversed(mounts):
-        try:
-            mount.stop()
-        except Exception as exc:  # keep stopping the others
-            errors.append(exc)
-    if errors:
-        raise errors[0]
+    stop_all(mounts)
 
 
 @pytest.fixture(scope="session")

@@ -139,3 +139,15 @@ class Mount:
 
     def __truediv__(self, other: str) -> Path:
         return self.mount_point / other
+
+
+def stop_all(children) -> None:
+    """Stop every child (newest first) even if some fail; then raise the first failure."""
+    errors = []
+    for child in reversed(children):
+        try:
+            child.stop()
+        except Exception as exc:  # keep stopping the others
+            errors.append(exc)
+    if errors:
+        raise errors[0]

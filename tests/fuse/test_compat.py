@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import pytest
 
-from .harness import START_TIMEOUT, STOP_TIMEOUT, Mount, is_mounted
+from .harness import START_TIMEOUT, STOP_TIMEOUT, Mount, is_mounted, stop_all
 
 RESPONSE_TIMEOUT = 15.0
 
@@ -122,14 +122,7 @@ def sandboxfs02(workdir: Path) -> Callable[..., Sandboxfs02]:
         return child.wait_mounted() if mounted else child
 
     yield start
-    errors = []
-    for child in reversed(children):
-        try:
-            child.stop()
-        except Exception as exc:  # keep stopping the others
-            errors.append(exc)
-    if errors:
-        raise errors[0]
+    stop_all(children)
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ from sandboxfs.tree import (
     ScaffoldDir,
     Tree,
     child_of,
+    dismantle,
     list_directory,
     lookup,
 )
@@ -1243,3 +1244,20 @@ def test_random_sandbox_operations_match_model(model_host, ops):
             assert empty_scaffolds(top) == [], op
             assert tree.sandboxes[os.fsencode(name)].mapping_count == len(expected)
         assert tree.mapping_count == sum(len(v) for v in model.values())
+
+
+def test_dismantle_empties_a_destroyed_sandbox_but_keeps_nodes_others_hold(host):
+    names = [f"f{i}" for i in range(5000)]
+    for name in names:
+        (host / "dir" / name).write_text("")
+    tree = Tree()
+    tree.create_sandbox("s", [group("/a/b", host / "dir", names), m("/rw", host / "dir", True)])
+    top = tree.sandboxes[b"s"].node
+    a = child_of(top.children, b"a")
+    b = child_of(a.children, b"b")
+    held = child_of(b.children, b"f7")  # as if the kernel still held this node
+    tree.destroy_sandbox("s")
+    (detached,) = tree.detached
+    dismantle(detached.node)
+    assert top.children == {} and a.children == {} and b.children == {}
+    assert held.host_path() == os.fsencode(host / "dir" / "f7")
