@@ -123,6 +123,7 @@ class _Session:
             # Prefixes sent with a failed request may not be registered: send them again.
             self._forget_sent_now()
             raise self._error(response["error"])
+        self._last_items = []  # only errors need it; don't make the next request free it
         return response.get("result") or {}
 
     def _forget_sent_now(self) -> None:

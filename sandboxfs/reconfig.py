@@ -178,13 +178,11 @@ class Reconfigurer:
         raise AssertionError(f"op {op!r} passed decoding but has no handler")  # pragma: no cover
 
     def _free_detached_later(self) -> None:
-        """Free destroyed sandboxes in a worker thread, in small steps (``tree.dismantle``)."""
+        """Free destroyed sandboxes after answering, a small step per loop turn."""
         garbage, self.tree.detached = self.tree.detached, []
         if sum(s.mapping_count for s in garbage) < OFF_LOOP_MAPPINGS:
-            return  # small: freeing it here costs less than a thread hop
-        trio.lowlevel.spawn_system_task(
-            trio.to_thread.run_sync, _dismantle_all, [s.node for s in garbage]
-        )
+            return  # small: freeing it here costs less than scheduling it
+        trio.lowlevel.spawn_system_task(_dismantle_all, [s.node for s in garbage])
 
     def stats(self) -> dict:
         return {
@@ -200,9 +198,10 @@ class Reconfigurer:
         }
 
 
-def _dismantle_all(nodes: list[Node]) -> None:
+async def _dismantle_all(nodes: list[Node]) -> None:
     for node in nodes:
-        dismantle(node)
+        for _ in dismantle(node):
+            await trio.sleep(0)
 
 
 def _rss_bytes() -> int:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import (
     AlreadyMappedError,
@@ -712,17 +712,17 @@ class Tree:
         return None
 
 
-def dismantle(node: Node) -> None:
-    """Free a detached subtree in small steps (for a worker thread).
+def dismantle(node: Node, batch: int = 2048) -> Iterator[None]:
+    """Free a detached subtree in small steps, yielding between them.
 
-    Dropping a 100,000-entry sandbox at once is one long C call that holds
-    the GIL for ~10 ms, stalling the event loop (and the answer that is
-    being sent).  Emptying it a directory at a time, and large directories a
-    batch at a time, lets the GIL change hands in between.  Nodes the kernel
-    still holds stay alive through the inode table; only their links into
-    the destroyed sandbox are cut.
+    Dropping a 100,000-entry sandbox at once is one long C call (~10 ms)
+    during which nothing else runs.  The caller drives this generator with a
+    checkpoint per step, so FUSE requests and answers interleave with the
+    freeing.  Nodes the kernel still holds stay alive through the inode
+    table; only their links into the destroyed sandbox are cut.
     """
     stack = [node]
+    budget = batch
     while stack:
         current = stack.pop()
         if isinstance(current, ScaffoldDir):
@@ -734,10 +734,15 @@ def dismantle(node: Node) -> None:
         if not container:
             continue
         stack.extend(child for child in container.values() if type(child) is not bytes)
-        while len(container) > 4096:
-            for _ in range(4096):
+        while len(container) > batch:
+            for _ in range(batch):
                 container.popitem()
+            yield
+        budget -= len(container)
         container.clear()
+        if budget <= 0:
+            budget = batch
+            yield
 
 
 def count_mappings(specs: Sequence[Spec]) -> int:

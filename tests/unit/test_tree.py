@@ -1258,6 +1258,7 @@ def test_dismantle_empties_a_destroyed_sandbox_but_keeps_nodes_others_hold(host)
     held = child_of(b.children, b"f7")  # as if the kernel still held this node
     tree.destroy_sandbox("s")
     (detached,) = tree.detached
-    dismantle(detached.node)
+    steps = sum(1 for _ in dismantle(detached.node, batch=1000))
+    assert steps >= 5  # 5,000 names in batches of 1,000: the caller gets turns in between
     assert top.children == {} and a.children == {} and b.children == {}
     assert held.host_path() == os.fsencode(host / "dir" / "f7")
