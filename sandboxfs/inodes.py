@@ -13,7 +13,7 @@ attributes come from ``fstat`` on that descriptor, so an open file keeps
 working after it is unlinked or renamed (what POSIX promises and compilers
 rely on for temporary files).
 
-Knows nothing of pyfuse3: callers turn KeyError into ESTALE.
+Knows nothing of pyfuse3: callers turn StaleError into ESTALE.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ from typing import Iterator
 from .tree import MappedNode, Node
 
 ROOT_INODE = 1
+
+
+class StaleError(KeyError):
+    """The kernel named an inode or file handle we no longer hold (ESTALE)."""
 
 
 class Handle:
@@ -56,7 +60,10 @@ class InodeTable:
     # -- nodes -----------------------------------------------------------------------
 
     def __getitem__(self, ino: int) -> Node:
-        return self._nodes[ino]
+        try:
+            return self._nodes[ino]
+        except KeyError:
+            raise StaleError(f"inode {ino}") from None
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -105,7 +112,10 @@ class InodeTable:
         return fh
 
     def handle(self, fh: int) -> Handle:
-        return self._handles[fh]
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise StaleError(f"file handle {fh}") from None
 
     def release(self, fh: int) -> Handle:
         handle = self._handles.pop(fh)

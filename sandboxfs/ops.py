@@ -33,7 +33,7 @@ import trio
 from pyfuse3 import FUSEError
 
 from . import hostio
-from .inodes import Handle, InodeTable
+from .inodes import Handle, InodeTable, StaleError
 from .tree import MappedNode, Node, Tree, list_directory, lookup, stat_of
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _fuse_op(handler: Callable) -> Callable:
             raise
         except OSError as exc:
             raise FUSEError(exc.errno or errno.EIO) from None
-        except KeyError:
+        except StaleError:
             raise FUSEError(errno.ESTALE) from None
         except Exception:
             log.exception("%s%r failed; answering EIO", name, args[:3])
@@ -347,11 +347,14 @@ class Operations(pyfuse3.Operations):
             handle.entries = list_directory(handle.node)
         entries = handle.entries
         directory = handle.node
+        base = b""  # the directory's host path, computed once per call, not per entry
         for index in range(start_id, len(entries)):
             name, node = entries[index]
             try:
                 if node is None:
-                    st = os.lstat(directory.child_path(name))
+                    if not base:
+                        base = directory.child_path(b"")
+                    st = os.lstat(base + name)
                     node = directory.discovered(name, st)
                 else:
                     st = self._stat(node)

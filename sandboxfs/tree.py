@@ -26,6 +26,7 @@ filesystem (``lstat`` of backing paths; existence checks in ``underlying``).
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import stat
@@ -701,14 +702,21 @@ class Tree:
         return sandbox
 
     def first_host_path(self) -> bytes | None:
-        """A host path behind the mount, for statfs: the root mapping, else the first mapping."""
-        queue = [self.root]
+        """A host path behind the mount, for statfs: the root mapping, else the first mapping.
+
+        Lazy leaves answer with their host directory (same filesystem), so
+        nothing is materialised just to answer statfs.
+        """
+        queue = collections.deque([self.root])
         while queue:
-            node = queue.pop(0)
+            node = queue.popleft()
             if isinstance(node, MappedNode):
                 return node.host_path()
             assert isinstance(node, ScaffoldDir)
-            queue.extend(child_of(node.children, name) for name in list(node.children))
+            for child in node.children.values():
+                if type(child) is bytes:
+                    return child
+                queue.append(child)
         return None
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxfs.inodes import ROOT_INODE, Handle, InodeTable
+from sandboxfs.inodes import ROOT_INODE, Handle, InodeTable, StaleError
 from sandboxfs.tree import MappedNode, ScaffoldDir, lookup
 
 
@@ -247,3 +247,11 @@ def test_handles_iterates_over_a_copy(table, mapped_dir):
     for _handle in table.handles():  # releasing while iterating is safe
         table.release(fhs.pop())
     assert table.stats()["handles"] == 0
+
+
+def test_unknown_numbers_raise_stale_error_which_the_ops_boundary_answers_estale():
+    table = InodeTable(ScaffoldDir())
+    with pytest.raises(StaleError):
+        table[12345]
+    with pytest.raises(StaleError):
+        table.handle(678)

@@ -1262,3 +1262,12 @@ def test_dismantle_empties_a_destroyed_sandbox_but_keeps_nodes_others_hold(host)
     assert steps >= 5  # 5,000 names in batches of 1,000: the caller gets turns in between
     assert top.children == {} and a.children == {} and b.children == {}
     assert held.host_path() == os.fsencode(host / "dir" / "f7")
+
+
+def test_first_host_path_answers_from_a_lazy_leaf_without_materialising_it(host):
+    tree = Tree()
+    tree.create_sandbox("s", [m("/file", host / "file")])
+    top = tree.sandboxes[b"s"].node
+    assert type(top.children[b"file"]) is bytes  # lazy
+    assert tree.first_host_path() == os.fsencode(host)
+    assert type(top.children[b"file"]) is bytes  # still lazy
