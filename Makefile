@@ -4,7 +4,7 @@
 PY ?= python3
 VENV = .venv
 
-.PHONY: system venv test demo bench bench-quick bench-control clean
+.PHONY: system venv test soak demo bench bench-quick bench-control clean
 
 # Cheap when everything is there, so it runs every time.
 system:
@@ -21,6 +21,13 @@ $(VENV)/.stamp: pyproject.toml | system
 
 test: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The long versions of the reliability suites (docs/reliability.md): the same
+# tests with SANDBOXFS_SOAK=1, which scales them up (e.g. 1,000,000 random operations).
+soak: venv
+	SANDBOXFS_SOAK=1 $(VENV)/bin/python -m pytest -x $(SOAK_TESTS) $(PYTEST_ARGS)
+
+SOAK_TESTS = tests/fuse/test_integrity.py tests/fuse/test_load.py
 
 demo: venv
 	$(VENV)/bin/python demo/demo.py

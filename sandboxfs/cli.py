@@ -30,7 +30,7 @@ def _mapping_arg(text: str) -> Mapping:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
-def _ttl_arg(text: str) -> float:
+def _seconds_arg(text: str) -> float:
     try:
         value = float(text[:-1] if text.endswith("s") else text)
     except ValueError:
@@ -57,7 +57,7 @@ def _add_mount_parser(subparsers) -> None:
     )
     p.add_argument("--allow", choices=("self", "other", "root"), default="self",
                    help="who may use the mount besides the mounting user (default: self)")
-    p.add_argument("--ttl", type=_ttl_arg, default=60.0, metavar="SECONDS",
+    p.add_argument("--ttl", type=_seconds_arg, default=60.0, metavar="SECONDS",
                    help="how long the kernel may cache entries and attributes (default: 60)")
     p.add_argument("--xattrs", action="store_true",
                    help="pass extended attributes through to the host (default: EOPNOTSUPP)")
@@ -69,6 +69,9 @@ def _add_mount_parser(subparsers) -> None:
                    "the mounting uid and root always may)")
     p.add_argument("--max-message-size", type=_size_arg, default=DEFAULT_MAX_MESSAGE_SIZE,
                    metavar="BYTES", help="largest control message accepted (default: 64 MiB)")
+    p.add_argument("--control-timeout", type=_seconds_arg, default=30.0, metavar="SECONDS",
+                   help="close a control connection that stalls inside a message or stops "
+                   "reading its answers for this long (default: 30)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="default: info")
     p.add_argument("mount_point", metavar="MOUNT_POINT")
@@ -98,6 +101,7 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         control=control,
         control_allow_uids=tuple(args.control_allow_uid),
         max_message_size=args.max_message_size,
+        control_timeout=args.control_timeout,
     )
     run(config)
     return 0  # a signal or an external unmount is the normal end of `mount`

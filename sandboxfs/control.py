@@ -14,6 +14,11 @@ behind it is not.
 
 On shutdown, requests in flight get ``grace`` seconds to finish, then their
 connections are closed.
+
+Idle connections cost nothing and may stay open for ever (build tools keep
+one per worker).  A connection that stalls *inside* a message (half a
+request, then nothing) or stops reading its answers is closed after
+``stall_timeout`` seconds, with a ``timeout`` error when one can be sent.
 """
 
 from __future__ import annotations
@@ -122,6 +127,7 @@ class ControlServer:
         allow_uids: Iterable[int] = (),
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         grace: float = 5.0,
+        stall_timeout: float = 30.0,
     ) -> None:
         self.reconfigurer = reconfigurer
         self.path = path
@@ -129,6 +135,7 @@ class ControlServer:
         self.allowed_uids = {os.getuid(), 0, *allow_uids}
         self.max_message_size = max_message_size
         self.grace = grace
+        self.stall_timeout = stall_timeout
         self._in_flight: set[trio.CancelScope] = set()
         self._shutdown_deadline = math.inf  # set once shutdown starts
         self.connections = 0
@@ -180,7 +187,10 @@ class ControlServer:
         prefixes = PrefixTable()
         try:
             while True:
-                data = await stream.receive_some(RECEIVE_SIZE)
+                if reader.pending:  # inside a message: the rest must not take for ever
+                    data = await self._receive_rest(stream, reader.pending)
+                else:
+                    data = await stream.receive_some(RECEIVE_SIZE)
                 if not data:
                     return
                 try:
@@ -202,6 +212,19 @@ class ControlServer:
         finally:
             self.connections -= 1
 
+    async def _receive_rest(self, stream: trio.abc.Stream, pending: int) -> bytes:
+        """The next bytes of a message already begun, or ``b""`` after a stall."""
+        with trio.move_on_after(self.stall_timeout):
+            return await stream.receive_some(RECEIVE_SIZE)
+        message = (
+            f"message incomplete after {self.stall_timeout:g} s "
+            f"({pending} bytes received); closing the connection (ETIMEDOUT)"
+        )
+        log.warning("closing control connection: %s", message)
+        with trio.move_on_after(1):
+            await stream.send_all(encode(error(None, "timeout", message)))
+        return b""
+
     async def _answer(self, stream: trio.abc.Stream, message, prefixes: PrefixTable) -> None:
         request_id = message.get("id") if isinstance(message, dict) else None
         # Requests queued behind the one in flight get the same deadline.
@@ -220,8 +243,13 @@ class ControlServer:
                 except Exception as exc:  # e.g. a value msgpack cannot carry
                     log.exception("cannot encode the answer to control request %r", request_id)
                     data = encode(error(None, "internal", f"internal error: {type(exc).__name__}"))
-                await stream.send_all(data)
+                with trio.move_on_after(self.stall_timeout) as send_scope:
+                    await stream.send_all(data)
             finally:
                 self._in_flight.discard(scope)
         if scope.cancelled_caught:
             raise trio.ClosedResourceError("shutdown deadline passed")
+        if send_scope.cancelled_caught:
+            log.warning("closing control connection: the client has not read its answer "
+                        "to request %r for %g s", request_id, self.stall_timeout)
+            raise trio.ClosedResourceError("the client stopped reading")

@@ -58,6 +58,7 @@ class MountConfig:
     control: str | None = None  # control socket path; None: no socket
     control_allow_uids: tuple[int, ...] = ()
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    control_timeout: float = 30.0  # a half-sent message or an unread answer, in seconds
 
     def fuse_options(self) -> set[str]:
         options = {"fsname=sandboxfs", "subtype=sandboxfs", "default_permissions"}
@@ -192,6 +193,7 @@ def run(
                 sock=sock,
                 allow_uids=config.control_allow_uids,
                 max_message_size=config.max_message_size,
+                stall_timeout=config.control_timeout,
             )
             services.append(server.run)
         early = _EarlySignals()

@@ -599,3 +599,49 @@ async def test_unknown_ops_do_not_grow_the_statistics():
         stats = (await peer.call({"id": 9, "op": "stats"}))["result"]
     assert stats["requests"]["unknown"] == 5
     assert not any(key.startswith("frobnicate") for key in stats["requests"])
+
+
+# -- stalled peers -----------------------------------------------------------------
+
+
+async def test_half_a_message_then_silence_is_closed_with_timeout(autojump_clock):
+    async with serving(make_server(stall_timeout=30), timeout=IO_TIMEOUT * 10) as connect:
+        peer = connect()
+        whole = encode({"id": 1, "op": "ping"})
+        await peer.stream.send_all(whole[:-1])
+        started = trio.current_time()
+        response = await peer.receive()
+        assert code_of(response) == "timeout"
+        assert response["id"] is None
+        assert f"({len(whole) - 1} bytes received)" in response["error"]["message"]
+        assert 30 <= trio.current_time() - started < 31
+        await peer.assert_closed()
+        assert "result" in await connect().call({"id": 2, "op": "ping"})
+
+
+async def test_an_idle_connection_between_messages_is_never_timed_out(autojump_clock):
+    async with serving(make_server(stall_timeout=30), timeout=IO_TIMEOUT * 100) as connect:
+        peer = connect()
+        await trio.sleep(1000)  # idle (no partial message): kept
+        assert "result" in await peer.call({"id": 1, "op": "ping"})
+
+
+async def test_a_slowly_sent_message_is_fine_while_bytes_keep_coming(autojump_clock):
+    async with serving(make_server(stall_timeout=30), timeout=IO_TIMEOUT * 100) as connect:
+        peer = connect()
+        whole = encode({"id": 1, "op": "ping"})
+        for byte in whole:
+            await peer.stream.send_all(bytes([byte]))
+            await trio.sleep(20)  # each gap under the timeout, the whole far over it
+        assert "result" in await peer.receive()
+
+
+async def test_a_peer_that_never_reads_its_answers_is_closed(autojump_clock):
+    server = make_server(stall_timeout=30)
+    async with serving(server, timeout=IO_TIMEOUT * 10) as connect:
+        # A lockstep stream: send_all blocks until the peer reads, like a full socket buffer.
+        peer = connect(pair=trio.testing.lockstep_stream_pair)
+        await peer.send({"id": 1, "op": "ping"})
+        await trio.sleep(31)
+        assert server.connections == 0
+        assert "result" in await connect().call({"id": 2, "op": "ping"})
