@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from . import __version__, commands, compat, logs
-from .errors import MappingError, SandboxfsError, describe_oserror
+from .errors import MappingError, SandboxfsError, UsageError, describe_oserror
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
 from .mapping import Mapping, parse_mapping_flag
 
@@ -107,6 +107,69 @@ def _cmd_mount(args: argparse.Namespace) -> int:
     return 0  # a signal or an external unmount is the normal end of `mount`
 
 
+def _add_run_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run a command in a fresh sandbox and destroy it afterwards",
+        description="Create a sandbox with the given mappings (in a running mount, or in a "
+        "private one started for this run), run COMMAND in it, pass its output and exit status "
+        "through, and destroy the sandbox whatever happens. Exit status: the command's; "
+        "128+N if it died of signal N; 124 on --timeout; 125 if sandboxfs failed; 126/127 "
+        "if COMMAND cannot be run or found.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--control", metavar="PATH", help="a running mount's control socket")
+    where.add_argument("--mount-point", metavar="DIR", help="a running mount (DIR.sock)")
+    p.add_argument("--mapping", action="append", type=_mapping_arg, default=[],
+                   metavar="TYPE:PATH:UNDERLYING",
+                   help="show host path UNDERLYING at PATH inside the sandbox (repeatable)")
+    p.add_argument("--map-system", action="store_true",
+                   help="also map /usr, /bin, /sbin, /lib* and /etc (without its secrets) read-only")
+    p.add_argument("--rw-tmp", action="store_true",
+                   help="without --confine: map a fresh writable directory at /tmp, set TMPDIR")
+    p.add_argument("--confine", action="store_true",
+                   help="make the sandbox the command's root filesystem in new mount, PID, IPC, "
+                   "UTS and network namespaces, with /proc, a minimal /dev and a tmpfs /tmp")
+    p.add_argument("--network", action="store_true", help="with --confine: keep the host network")
+    p.add_argument("--cwd", default="/", metavar="PATH",
+                   help="working directory inside the sandbox (default: its root)")
+    p.add_argument("--timeout", type=_seconds_arg, metavar="SECONDS",
+                   help="kill the command after this long (exit status 124)")
+    p.add_argument("--report", metavar="FILE",
+                   help="track accesses and write the access report to FILE (JSON; msgpack if "
+                   "FILE ends in .msgpack; '-' for stderr)")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS")
+    p.set_defaults(handler=_cmd_run, log_level="warning")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from . import run
+    from .commands import control_path
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise UsageError("run: give the command to run after --")
+    if args.network and not args.confine:
+        raise UsageError("run: --network only means something with --confine")
+    config = run.RunConfig(
+        argv=tuple(argv),
+        mappings=tuple(args.mapping),
+        control=control_path(args) if args.control or args.mount_point else None,
+        confine=args.confine,
+        network=args.network,
+        map_system=args.map_system,
+        rw_tmp=args.rw_tmp,
+        cwd=args.cwd,
+        timeout=args.timeout,
+        report=args.report,
+    )
+    try:
+        return run.run(config)
+    except SandboxfsError as exc:
+        print(f"sandboxfs run: {exc.message}", file=sys.stderr)
+        return run.EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sandboxfs",
@@ -116,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_mount_parser(subparsers)
     commands.add_client_parsers(subparsers, _mapping_arg)
+    _add_run_parser(subparsers)
     return parser
 
 

@@ -180,6 +180,13 @@ def _group(items: list, positions: list[int] | None = None) -> tuple[dict, list]
     return groups, wire
 
 
+def _create_fields(name: PathArg, mappings: Iterable[MappingArg], track_access: bool) -> dict:
+    fields: dict[str, Any] = {"name": name, "mappings": mappings}
+    if track_access:  # absent unless asked for: servers before it refuse unknown fields
+        fields["track_access"] = True
+    return fields
+
+
 def _encode(path: PathArg) -> bytes:
     """os.fsencode without its Python-level overhead for the common str case."""
     if type(path) is str:
@@ -226,13 +233,27 @@ class Client:
         """Server and protocol version; ``protocol`` is the version both speak."""
         return self._call("ping", version=version)
 
-    def create_sandbox(self, name: PathArg, mappings: Iterable[MappingArg]) -> dict:
-        """Create sandbox ``name`` (all or nothing); returns {"name", "mappings", "path"}."""
-        return self._call("create_sandbox", name=name, mappings=mappings)
+    def create_sandbox(
+        self, name: PathArg, mappings: Iterable[MappingArg], track_access: bool = False
+    ) -> dict:
+        """Create sandbox ``name`` (all or nothing); returns {"name", "mappings", "path"}.
+
+        With ``track_access``, the server records what is accessed in it: see
+        ``access_report`` and the result of ``destroy_sandbox``.
+        """
+        return self._call("create_sandbox", **_create_fields(name, mappings, track_access))
 
     def destroy_sandbox(self, name: PathArg) -> dict:
-        """Destroy a sandbox; once this returns nothing of it is visible or cached."""
+        """Destroy a sandbox; once this returns nothing of it is visible or cached.
+
+        A tracked sandbox's result has its final ``access_report``.
+        """
         return self._call("destroy_sandbox", name=name)
+
+    def access_report(self, name: PathArg) -> dict:
+        """What was accessed so far in a sandbox created with ``track_access``
+        ({"accessed", "missing", "unused"}, docs/access.md)."""
+        return self._call("access_report", name=name)["access_report"]
 
     def map(self, name: PathArg, mappings: Iterable[MappingArg]) -> dict:
         """Add mappings to a live sandbox (all or nothing)."""
@@ -299,11 +320,16 @@ class AsyncClient:
     async def ping(self, version: int = 1) -> dict:
         return await self._call("ping", version=version)
 
-    async def create_sandbox(self, name: PathArg, mappings: Iterable[MappingArg]) -> dict:
-        return await self._call("create_sandbox", name=name, mappings=mappings)
+    async def create_sandbox(
+        self, name: PathArg, mappings: Iterable[MappingArg], track_access: bool = False
+    ) -> dict:
+        return await self._call("create_sandbox", **_create_fields(name, mappings, track_access))
 
     async def destroy_sandbox(self, name: PathArg) -> dict:
         return await self._call("destroy_sandbox", name=name)
+
+    async def access_report(self, name: PathArg) -> dict:
+        return (await self._call("access_report", name=name))["access_report"]
 
     async def map(self, name: PathArg, mappings: Iterable[MappingArg]) -> dict:
         return await self._call("map", name=name, mappings=mappings)

@@ -19,7 +19,7 @@ from .client import Client
 from .errors import InvalidRequestError, UsageError
 
 
-def _control_path(args: argparse.Namespace) -> str:
+def control_path(args: argparse.Namespace) -> str:
     if args.control:
         return args.control
     if args.mount_point:
@@ -73,25 +73,25 @@ def _cmd_create(args: argparse.Namespace) -> int:
     mappings = list(args.mapping)
     if args.from_file:
         mappings.extend(_load_mappings_file(args.from_file))
-    with Client(_control_path(args)) as client:
+    with Client(control_path(args)) as client:
         result = client.create_sandbox(args.name, mappings)
     return _print(args, result, lambda r: f"created {r['name']} with {r['mappings']} mapping(s) at {r.get('path', '?')}")
 
 
 def _cmd_destroy(args: argparse.Namespace) -> int:
-    with Client(_control_path(args)) as client:
+    with Client(control_path(args)) as client:
         result = client.destroy_sandbox(args.name)
     return _print(args, result, lambda r: f"destroyed {r['name']}")
 
 
 def _cmd_map(args: argparse.Namespace) -> int:
-    with Client(_control_path(args)) as client:
+    with Client(control_path(args)) as client:
         result = client.map(args.name, list(args.mapping))
     return _print(args, result, lambda r: f"mapped {r['mapped']} path(s) in {r['name']}")
 
 
 def _cmd_unmap(args: argparse.Namespace) -> int:
-    with Client(_control_path(args)) as client:
+    with Client(control_path(args)) as client:
         result = client.unmap(args.name, list(args.paths))
     return _print(args, result, lambda r: f"unmapped {r['unmapped']} path(s) in {r['name']}")
 
@@ -102,7 +102,7 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    with Client(_control_path(args)) as client:
+    with Client(control_path(args)) as client:
         sandboxes = client.list()
     return _print(
         args,
@@ -122,7 +122,7 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    with Client(_control_path(args)) as client:
+    with Client(control_path(args)) as client:
         stats = client.stats()
     return _print(args, stats, lambda s: _table(_flatten("", s)))
 

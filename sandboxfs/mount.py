@@ -180,6 +180,7 @@ def run(
         fuse_counts=lambda: ops.op_counts,
         inode_counts=ops.inodes.stats,
         mount_point=os.path.abspath(config.mount_point),
+        access=ops.access,
     )
     services: list[Service] = list(services_for(reconfigurer)) if services_for else []
     with contextlib.ExitStack() as cleanup:

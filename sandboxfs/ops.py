@@ -33,6 +33,7 @@ import trio
 from pyfuse3 import FUSEError
 
 from . import hostio
+from .access import CREATE, LIST, LOOKUP, OPEN, READ, REMOVE, WRITE, AccessTracker
 from .inodes import Handle, InodeTable, StaleError
 from .tree import MappedNode, Node, Tree, list_directory, lookup, stat_of
 
@@ -88,6 +89,9 @@ class Operations(pyfuse3.Operations):
         self.chown_created = os.geteuid() == 0
         self.started_ns = time.time_ns()
         self.op_counts: collections.Counter[str] = collections.Counter()
+        # Sandboxes created with track_access; every hook below first tests
+        # ``if self.access`` (false while no sandbox is tracked).
+        self.access = AccessTracker()
 
     # -- attributes --------------------------------------------------------------------
 
@@ -153,12 +157,17 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx=None) -> pyfuse3.EntryAttributes:
         found = lookup(self.inodes[parent_inode], name)
         if found is None:
+            if self.access:
+                self.access.missing(parent_inode, name)
             miss = pyfuse3.EntryAttributes()
             miss.st_ino = 0  # negative entry: the kernel caches the miss for entry_timeout
             miss.entry_timeout = self.ttl
             return miss
         node, st = found
-        return self._entry(node, st)
+        entry = self._entry(node, st)
+        if self.access:
+            self.access.entry(parent_inode, name, entry.st_ino, LOOKUP)
+        return entry
 
     @_fuse_op
     async def forget(self, inode_list) -> None:
@@ -173,6 +182,8 @@ class Operations(pyfuse3.Operations):
     @_fuse_op
     async def setattr(self, inode, attr, fields, fh, ctx) -> pyfuse3.EntryAttributes:
         node = self._writable_node(inode)
+        if self.access:
+            self.access.note(inode, WRITE)
         handle = self.inodes.handle(fh) if fh is not None else None
         fd = handle.fd if handle is not None else self.inodes.open_fd(node)
         target: int | bytes = fd if fd >= 0 else node.host_path()
@@ -216,20 +227,30 @@ class Operations(pyfuse3.Operations):
         node = self.inodes[inode]
         if not isinstance(node, MappedNode):
             raise _refuse(errno.EINVAL)
+        if self.access:
+            self.access.note(inode, READ)  # following a symlink reads it
         return os.readlink(node.host_path())
 
     # -- creating and removing names ---------------------------------------------------
 
-    def _new_entry(self, parent: MappedNode, name: bytes, path: bytes) -> pyfuse3.EntryAttributes:
+    def _new_entry(self, parent_inode: int, name: bytes, path: bytes) -> pyfuse3.EntryAttributes:
         st = os.lstat(path)
-        return self._entry(parent.discovered(name, st), st)
+        return self._created(parent_inode, name, st)[1]
+
+    def _created(self, parent_inode: int, name: bytes, st: os.stat_result):
+        """The node and entry reply for a name just created in a writable directory."""
+        node = self.inodes[parent_inode].discovered(name, st)
+        entry = self._entry(node, st)
+        if self.access:
+            self.access.entry(parent_inode, name, entry.st_ino, CREATE)
+        return node, entry
 
     def _make(self, parent_inode: int, name: bytes, ctx, make: Callable[[bytes], None]):
         """Create a host object through ``make(path)`` and answer its entry, owned by the caller."""
-        parent, path = self._writable_dir_entry(parent_inode, name)
+        _parent, path = self._writable_dir_entry(parent_inode, name)
         make(path)
         self._chown_created(path, ctx)
-        return self._new_entry(parent, name, path)
+        return self._new_entry(parent_inode, name, path)
 
     @_fuse_op
     async def mknod(self, parent_inode, name, mode, rdev, ctx) -> pyfuse3.EntryAttributes:
@@ -247,21 +268,25 @@ class Operations(pyfuse3.Operations):
     async def link(self, inode, new_parent_inode, new_name, ctx) -> pyfuse3.EntryAttributes:
         """Hard links go to the host: the new name is a new node backed by the same host file."""
         node = self._writable_node(inode)
-        parent, path = self._writable_dir_entry(new_parent_inode, new_name)
+        _parent, path = self._writable_dir_entry(new_parent_inode, new_name)
         os.link(node.host_path(), path, follow_symlinks=False)
-        return self._new_entry(parent, new_name, path)
+        return self._new_entry(new_parent_inode, new_name, path)
 
     @_fuse_op
     async def unlink(self, parent_inode, name, ctx) -> None:
         parent, path = self._writable_dir_entry(parent_inode, name)
         os.unlink(path)
         parent.drop_known(name)
+        if self.access:
+            self.access.note_child(parent_inode, name, REMOVE)
 
     @_fuse_op
     async def rmdir(self, parent_inode, name, ctx) -> None:
         parent, path = self._writable_dir_entry(parent_inode, name)
         os.rmdir(path)
         parent.drop_known(name)
+        if self.access:
+            self.access.note_child(parent_inode, name, REMOVE)
 
     @_fuse_op
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx) -> None:
@@ -272,6 +297,18 @@ class Operations(pyfuse3.Operations):
             old_parent.exchange_known(name_old, new_parent, name_new)
         else:
             old_parent.move_known(name_old, new_parent, name_new)
+        if self.access:
+            self._note_rename(parent_inode_old, name_old, parent_inode_new, name_new, new_parent)
+
+    def _note_rename(self, old_dir: int, old_name: bytes, new_dir: int, new_name: bytes,
+                     new_parent: MappedNode) -> None:
+        """A rename is the old name removed and the new one created (and, for an
+        exchange, both kept); the moved node's inode now stands for the new path."""
+        self.access.note_child(old_dir, old_name, REMOVE)
+        self.access.note_child(new_dir, new_name, CREATE)
+        moved = new_parent.known.get(new_name) if new_parent.known else None
+        if moved is not None and moved.ino:
+            self.access.moved(moved.ino, new_dir, new_name)
 
     # -- files -------------------------------------------------------------------------
 
@@ -282,6 +319,9 @@ class Operations(pyfuse3.Operations):
         if not isinstance(node, MappedNode) or (writes and not node.writable):
             raise _refuse()
         fd = os.open(node.host_path(), (flags & ~_STRIP_FLAGS) | _HOST_FLAGS)
+        if self.access:
+            reads = (flags & os.O_ACCMODE) != os.O_WRONLY
+            self.access.note(inode, (OPEN if reads else 0) | (WRITE if writes else 0))
         fh = self.inodes.open(Handle(node, fd, writable=bool(flags & (os.O_WRONLY | os.O_RDWR))))
         # keep_cache: a file opened only for reading keeps its page cache across
         # opens; the kernel still drops it when it sees mtime or size change.
@@ -289,7 +329,7 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_op
     async def create(self, parent_inode, name, mode, flags, ctx):
-        parent, path = self._writable_dir_entry(parent_inode, name)
+        _parent, path = self._writable_dir_entry(parent_inode, name)
         fd = os.open(path, (flags & ~(os.O_NOCTTY | os.O_APPEND)) | os.O_CREAT | _HOST_FLAGS, mode)
         try:
             if self.chown_created:
@@ -298,20 +338,24 @@ class Operations(pyfuse3.Operations):
         except BaseException:
             os.close(fd)
             raise
-        node = parent.discovered(name, st)
-        entry = self._entry(node, st)
+        node, entry = self._created(parent_inode, name, st)
         fh = self.inodes.open(Handle(node, fd, writable=bool(flags & (os.O_WRONLY | os.O_RDWR))))
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), entry
 
     @_fuse_op
     async def read(self, fh: int, off: int, size: int):
-        return await hostio.read(self.inodes.handle(fh).fd, off, size)
+        handle = self.inodes.handle(fh)
+        if self.access:
+            self.access.note(handle.node.ino, READ)
+        return await hostio.read(handle.fd, off, size)
 
     @_fuse_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self.inodes.handle(fh)
         if not handle.writable:
             raise _refuse(errno.EBADF)
+        if self.access:
+            self.access.note(handle.node.ino, WRITE)
         return os.pwrite(handle.fd, buf, off)
 
     @_fuse_op
@@ -336,6 +380,8 @@ class Operations(pyfuse3.Operations):
         node = self.inodes[inode]
         if isinstance(node, MappedNode) and not stat.S_ISDIR(self._stat(node).st_mode):
             raise _refuse(errno.ENOTDIR)
+        if self.access:
+            self.access.note(inode, LIST)
         return self.inodes.open(Handle(node))
 
     @_fuse_op
@@ -360,7 +406,12 @@ class Operations(pyfuse3.Operations):
                     st = self._stat(node)
             except FileNotFoundError:
                 continue  # removed since the snapshot
-            if not pyfuse3.readdir_reply(token, name, self._attributes(node, st), index + 1):
+            attributes = self._attributes(node, st)
+            if self.access and self.access.entry(directory.ino, name, attributes.st_ino):
+                # A tracked sandbox: the kernel must look this name up again
+                # when it is used, or the first use would never reach us.
+                attributes.entry_timeout = 0
+            if not pyfuse3.readdir_reply(token, name, attributes, index + 1):
                 if not node.lookups and isinstance(node, MappedNode) and node.parent is directory:
                     directory.forget_known(node)
                 return

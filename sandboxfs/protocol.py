@@ -25,7 +25,9 @@ from .errors import InvalidRequestError, MappingError, SandboxfsError
 from .mapping import Mapping, MappingGroup, check_names, check_underlying, display, split_inner_path
 
 PROTOCOL_VERSION = 1
-OPS = ("ping", "create_sandbox", "destroy_sandbox", "map", "unmap", "list", "stats")
+OPS = (
+    "ping", "create_sandbox", "destroy_sandbox", "map", "unmap", "list", "stats", "access_report",
+)
 _BAD_COMPONENTS = (b"", b".", b"..")
 
 
@@ -39,6 +41,7 @@ class Request:
     mappings: tuple[Mapping | MappingGroup, ...] = ()
     paths: tuple[tuple[bytes, ...], ...] = ()
     version: int = PROTOCOL_VERSION
+    track_access: bool = False
 
 
 class PrefixTable:
@@ -234,14 +237,17 @@ def decode_request(message: Any, prefixes: PrefixTable) -> Request:
     if "prefixes" in message:
         prefixes.register(message["prefixes"], op)
     name = None
-    if op in ("create_sandbox", "destroy_sandbox", "map", "unmap"):
+    if op in ("create_sandbox", "destroy_sandbox", "map", "unmap", "access_report"):
         name = _as_bytes(_field(message, "name", op, (str, bytes)), op)
         label = f"{op} '{display(name)}'"
     else:
         label = op
     if op in ("create_sandbox", "map"):
         mappings = decode_mappings(_field(message, "mappings", label, (list,)), prefixes, label)
-        return Request(request_id, op, name, mappings=mappings)
+        track = op == "create_sandbox" and bool(
+            _field(message, "track_access", label, (bool,), required=False)
+        )
+        return Request(request_id, op, name, mappings=mappings, track_access=track)
     if op == "unmap":
         raw_paths = _field(message, "paths", label, (list,))
         paths = []
@@ -263,12 +269,13 @@ def decode_request(message: Any, prefixes: PrefixTable) -> Request:
 _COMMON = {"id", "op", "prefixes"}
 _FIELDS = {
     "ping": _COMMON | {"version"},
-    "create_sandbox": _COMMON | {"name", "mappings"},
+    "create_sandbox": _COMMON | {"name", "mappings", "track_access"},
     "destroy_sandbox": _COMMON | {"name"},
     "map": _COMMON | {"name", "mappings"},
     "unmap": _COMMON | {"name", "paths"},
     "list": _COMMON,
     "stats": _COMMON,
+    "access_report": _COMMON | {"name"},
 }
 
 

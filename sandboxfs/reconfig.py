@@ -26,10 +26,11 @@ from typing import Any, Callable, Protocol, Sequence
 import trio
 
 from . import __version__
-from .errors import SandboxfsError
+from .access import AccessTracker
+from .errors import InvalidRequestError, NotFoundError, SandboxfsError
 from .mapping import display
 from .protocol import OPS, PROTOCOL_VERSION, PrefixTable, Request, decode_request, name_value
-from .tree import Node, Tree, count_mappings, dismantle, require_underlying
+from .tree import Node, Tree, count_mappings, declared_paths, dismantle, require_underlying
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,10 @@ class Reconfigurer:
         fuse_counts: Callable[[], dict[str, int]] | None = None,
         inode_counts: Callable[[], dict[str, int]] | None = None,
         mount_point: str | None = None,
+        access: AccessTracker | None = None,
     ) -> None:
         self.tree = tree
+        self.access = access if access is not None else AccessTracker()
         self.mount_point = mount_point
         self.kernel = kernel or NoKernel()
         self._fuse_counts = fuse_counts or dict
@@ -95,11 +98,11 @@ class Reconfigurer:
         op = message.get("op") if isinstance(message, dict) else None
         if op == "create_sandbox" and _large(message):
             try:
-                sandbox = await trio.to_thread.run_sync(self._decode_and_build, message, prefixes)
+                built = await trio.to_thread.run_sync(self._decode_and_build, message, prefixes)
             except SandboxfsError as exc:
                 self._count(op, exc)
                 raise
-            return await self._counted(op, self._attach, sandbox)
+            return await self._counted(op, self._attach, built)
         try:
             request = decode_request(message, prefixes)
         except SandboxfsError as exc:
@@ -128,10 +131,14 @@ class Reconfigurer:
 
     def _decode_and_build(self, message: Any, prefixes: PrefixTable):
         request = decode_request(message, prefixes)
-        return self.tree.build_sandbox(request.name, request.mappings)
+        return self.tree.build_sandbox(request.name, request.mappings), request.track_access
 
-    async def _attach(self, sandbox) -> dict:
-        await self.kernel.invalidate(self.tree.attach_sandbox(sandbox))
+    async def _attach(self, built) -> dict:
+        sandbox, track_access = built
+        changed = self.tree.attach_sandbox(sandbox)
+        if track_access:  # in the same loop turn: the kernel cannot have looked yet
+            self.access.track(sandbox.name)
+        await self.kernel.invalidate(changed)
         result = {"name": name_value(sandbox.name), "mappings": sandbox.mapping_count}
         if self.mount_point is not None:
             result["path"] = name_value(os.path.join(os.fsencode(self.mount_point), sandbox.name))
@@ -141,11 +148,20 @@ class Reconfigurer:
         tree = self.tree
         op = request.op
         if op == "create_sandbox":
-            return await self._attach(tree.build_sandbox(request.name, request.mappings))
+            sandbox = tree.build_sandbox(request.name, request.mappings)
+            return await self._attach((sandbox, request.track_access))
         if op == "destroy_sandbox":
-            await self.kernel.invalidate(tree.destroy_sandbox(request.name))
+            sandbox = tree.sandboxes.get(request.name)
+            changed = tree.destroy_sandbox(request.name)
+            log = self.access.untrack(request.name)
+            result = {"name": name_value(request.name)}
+            if log is not None:
+                result["access_report"] = log.report(declared_paths(sandbox.node), name_value)
+            await self.kernel.invalidate(changed)
             self._free_detached_later()
-            return {"name": name_value(request.name)}
+            return result
+        if op == "access_report":
+            return {"name": name_value(request.name), "access_report": self._report(request.name)}
         if op == "map":
             mappings = request.mappings
             count = count_mappings(mappings)
@@ -161,12 +177,7 @@ class Reconfigurer:
             await self.kernel.invalidate(tree.unmap(request.name, request.paths))
             return {"name": name_value(request.name), "unmapped": before - tree.mapping_count}
         if op == "list":
-            return {
-                "sandboxes": [
-                    {"name": name_value(s.name), "mappings": s.mapping_count}
-                    for s in tree.sandboxes.values()
-                ]
-            }
+            return {"sandboxes": [self._listing(s) for s in tree.sandboxes.values()]}
         if op == "stats":
             return self.stats()
         if op == "ping":
@@ -176,6 +187,23 @@ class Reconfigurer:
                 "server": f"sandboxfs {__version__}",
             }
         raise AssertionError(f"op {op!r} passed decoding but has no handler")  # pragma: no cover
+
+    def _listing(self, sandbox) -> dict:
+        entry = {"name": name_value(sandbox.name), "mappings": sandbox.mapping_count}
+        if sandbox.name in self.access.logs:
+            entry["track_access"] = True
+        return entry
+
+    def _report(self, name: bytes) -> dict:
+        """The access report of live sandbox ``name`` so far."""
+        label = f"access_report '{display(name)}'"
+        sandbox = self.tree.sandboxes.get(name)
+        if sandbox is None:
+            raise NotFoundError(f"{label}: no such sandbox")
+        log = self.access.logs.get(name)
+        if log is None:
+            raise InvalidRequestError(f"{label}: the sandbox was created without track_access")
+        return log.report(declared_paths(sandbox.node), name_value)
 
     def _free_detached_later(self) -> None:
         """Free destroyed sandboxes after answering, a small step per loop turn."""

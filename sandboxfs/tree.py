@@ -720,6 +720,28 @@ class Tree:
         return None
 
 
+def declared_paths(top: Node) -> list[bytes]:
+    """The paths (relative to ``top``, b"" for ``top`` itself) of the explicit mappings below it."""
+    paths: list[bytes] = []
+    stack: list[tuple[bytes, Node]] = [(b"", top)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, ScaffoldDir):
+            container = node.children
+        else:
+            assert isinstance(node, MappedNode)
+            if node.explicit:
+                paths.append(path)
+            container = node.overlays or {}
+        for name, child in container.items():
+            child_path = path + b"/" + name if path else name
+            if type(child) is bytes:
+                paths.append(child_path)  # a lazy read-only leaf: always a mapping
+            else:
+                stack.append((child_path, child))
+    return paths
+
+
 def dismantle(node: Node, batch: int = 2048) -> Iterator[None]:
     """Free a detached subtree in small steps, yielding between them.
 

@@ -645,3 +645,54 @@ async def test_a_peer_that_never_reads_its_answers_is_closed(autojump_clock):
         await trio.sleep(31)
         assert server.connections == 0
         assert "result" in await connect().call({"id": 2, "op": "ping"})
+
+
+# -- access tracking (the kernel side is in tests/fuse/test_access.py) --------------
+
+
+async def test_track_access_report_and_destroy(host):
+    async with serving(make_server()) as connect:
+        peer = connect()
+        request = create(1, "t", ["/file", str(host / "file"), False], ["/dir", str(host / "dir"), False])
+        request["track_access"] = True
+        assert "result" in await peer.call(request)
+        assert (await peer.call({"id": 2, "op": "list"}))["result"]["sandboxes"] == [
+            {"name": "t", "mappings": 2, "track_access": True}
+        ]
+        report = (await peer.call({"id": 3, "op": "access_report", "name": "t"}))["result"]
+        assert report == {"name": "t", "access_report": {
+            "accessed": {}, "missing": [], "unused": ["dir", "file"]}}
+        destroyed = (await peer.call({"id": 4, "op": "destroy_sandbox", "name": "t"}))["result"]
+        assert destroyed["access_report"]["unused"] == ["dir", "file"]
+
+
+async def test_untracked_sandboxes_have_no_report(host):
+    async with serving(make_server()) as connect:
+        peer = connect()
+        assert "result" in await peer.call(create(1, "u", ["/file", str(host / "file"), False]))
+        response = await peer.call({"id": 2, "op": "access_report", "name": "u"})
+        assert code_of(response) == "invalid_request"
+        assert "created without track_access" in response["error"]["message"]
+        assert code_of(await peer.call({"id": 3, "op": "access_report", "name": "none"})) == "not_found"
+        destroyed = (await peer.call({"id": 4, "op": "destroy_sandbox", "name": "u"}))["result"]
+        assert destroyed == {"name": "u"}
+
+
+@pytest.mark.parametrize("value", ["yes", 1, [True]])
+async def test_track_access_must_be_a_boolean(host, value):
+    async with serving(make_server()) as connect:
+        request = create(1, "t", ["/file", str(host / "file"), False])
+        request["track_access"] = value
+        response = await connect().call(request)
+        assert code_of(response) == "invalid_request"
+        assert "'track_access' must be bool" in response["error"]["message"]
+
+
+async def test_a_large_tracked_create_goes_off_loop_and_is_tracked(tmp_path):
+    files = host_files(tmp_path / "many", 600)
+    server = make_server()
+    async with serving(server) as connect:
+        request = create(1, "big", *[[f"/f{i}", str(files / f"f{i}"), False] for i in range(600)])
+        request["track_access"] = True
+        assert "result" in await connect().call(request)
+        assert b"big" in server.reconfigurer.access.logs
