@@ -3,7 +3,9 @@
 The mount maps the C sources next to this script read-only at /src and a fresh
 output directory read-write at /out.  The demo compiles and links through the
 mount, runs the result, shows that the object files landed in the real output
-directory, shows that the sources cannot be written, and unmounts.
+directory, shows that the sources cannot be written, and unmounts.  Then it
+does the same compile with `sandboxfs run --confine` (a private mount, the
+sandbox as the compiler's root filesystem) and prints its access report.
 
 Standard library only; run it with a Python that has sandboxfs installed
 (`make demo` does).  Exits 0 on success.
@@ -12,6 +14,7 @@ Standard library only; run it with a Python that has sandboxfs installed
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -123,6 +126,26 @@ def build_and_check(tmp: Path) -> None:
     expect_refused("open mnt/src/main.c for writing", tmp / src / "main.c", os.O_WRONLY)
 
 
+def confined_compile(tmp: Path) -> None:
+    """One action with `sandboxfs run`: a private mount, a confined gcc, an access report."""
+    step("compiling greet.c with `sandboxfs run --confine` and an access report")
+    report_path = tmp / "report.json"
+    mappings = [f"ro:/src/{name}:{SRC / name}" for name in ("greet.c", "main.c", "include")]
+    argv = [sys.executable, "-m", "sandboxfs", "run", "--confine", "--map-system",
+            *(arg for m in mappings for arg in ("--mapping", m)),
+            "--mapping", f"rw:/out:{tmp / 'out'}", "--cwd", "/src", "--report", str(report_path),
+            "--", "gcc", "-c", "greet.c", "-I", "include", "-o", "/out/greet-confined.o"]
+    run(*argv, cwd=tmp)
+    report = json.loads(report_path.read_text())
+    read = sorted(p for p, kinds in report["accessed"].items() if p.startswith("src/") and "read" in kinds)
+    print(f"read by gcc: {', '.join(read)}")
+    print(f"declared but never used: {', '.join(report['unused']) or 'nothing'}")
+    if "src/main.c" not in report["unused"] or "src/greet.c" not in read:
+        raise DemoFailed("the access report does not match what gcc read")
+    if not (tmp / "out" / "greet-confined.o").is_file():
+        raise DemoFailed("out/greet-confined.o was not written")
+
+
 def stop_sandboxfs(child: subprocess.Popen, mnt: Path) -> None:
     """SIGTERM and wait; then, if needed, lazy-unmount and kill.  By PID only."""
     if child.poll() is None:
@@ -166,6 +189,7 @@ def main() -> int:
         child = start_sandboxfs(mnt, out, log_path)
         wait_until_mounted(child, mnt)
         build_and_check(tmp)
+        confined_compile(tmp)
         ok = True
     except (DemoFailed, OSError) as e:
         print(f"\ndemo failed: {e}", file=sys.stderr)

@@ -89,15 +89,18 @@ def run(config: RunConfig) -> int:
             control = stack.enter_context(PrivateInstance()).control
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="sandboxfs-run-"))
         mappings = list(config.mappings)
+        added: list[str] = []  # mappings of our own, not the caller's: never "unused"
         if config.map_system:
-            mappings += [m for m in system_mappings() if not _mapped(mappings, os.fsdecode(m.path))]
+            system = [m for m in system_mappings() if not _mapped(mappings, os.fsdecode(m.path))]
+            mappings += system
+            added += [os.fsdecode(m.path).lstrip("/") for m in system]
         env = dict(os.environ)
-        added: list[str] = []  # mappings of our own, not the caller's
         if config.confine:
             empty = os.path.join(scratch, "empty")
             os.mkdir(empty, 0o555)
-            added = [d for d in confine.SANDBOX_DIRS if not _mapped(mappings, f"/{d}")]
-            mappings += [Mapping.of(f"/{d}", empty, False) for d in added]
+            mounted_on = [d for d in confine.SANDBOX_DIRS if not _mapped(mappings, f"/{d}")]
+            mappings += [Mapping.of(f"/{d}", empty, False) for d in mounted_on]
+            added += mounted_on
             env["TMPDIR"] = "/tmp"
         elif config.rw_tmp and not _mapped(mappings, "/tmp"):
             tmp = os.path.join(scratch, "tmp")
@@ -116,8 +119,8 @@ def run(config: RunConfig) -> int:
             destroyed = client.destroy_sandbox(name)
         if config.report is not None:
             report = destroyed.get("access_report", {})
-            # What we mapped for --confine to mount over is no input of the command's.
-            report["unused"] = [p for p in report.get("unused", []) if p not in added]
+            ours = set(added)
+            report["unused"] = [p for p in report.get("unused", []) if p not in ours]
             _write_report(config.report, report)
         return status
 
@@ -218,10 +221,24 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(number, handler)
 
 
+def report_json(report: dict) -> str:
+    """The report as JSON, one path per line.  Bytes paths (not UTF-8) become
+    str with surrogate escapes, which JSON writes as ``\\udcXX``."""
+
+    def text(value) -> str:
+        return json.dumps(os.fsdecode(value) if isinstance(value, bytes) else value)
+
+    accessed = [f"  {text(path)}: {json.dumps(kinds)}"
+                for path, kinds in report.get("accessed", {}).items()]
+    lists = [f' "{key}": [' + ",".join(f"\n  {text(p)}" for p in report.get(key, [])) + "\n ]"
+             for key in ("missing", "unused")]
+    return "{\n" + ' "accessed": {\n' + ",\n".join(accessed) + "\n },\n" + ",\n".join(lists) + "\n}"
+
+
 def _write_report(target: str, report: dict) -> None:
     """JSON (msgpack for a ``.msgpack`` file); ``-`` writes JSON to stderr."""
     if target == "-":
-        print(json.dumps(report, indent=1, default=os.fsdecode), file=sys.stderr)
+        print(report_json(report), file=sys.stderr)
         return
     try:
         if target.endswith(".msgpack"):
@@ -229,7 +246,6 @@ def _write_report(target: str, report: dict) -> None:
                 f.write(msgpack.packb(report, use_bin_type=True))
         else:
             with open(target, "w") as f:
-                json.dump(report, f, indent=1, default=os.fsdecode)
-                f.write("\n")
+                f.write(report_json(report) + "\n")
     except OSError as exc:
         raise RunError(f"--report {target}: {exc.strerror}") from None
