@@ -1,4 +1,4 @@
-"""Host I/O that must not stall the event loop: reads, fsync, renameat2.
+"""Host I/O that must not stall the event loop: reads and fsync.
 
 Every FUSE request of every sandbox is served by one trio loop in one thread,
 so a read that waits for a disk would stall all of them.  Sending every read
@@ -15,8 +15,6 @@ Owns: the choice of inline vs threaded host I/O.  No pyfuse3 here.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 
@@ -87,25 +85,17 @@ async def read(fd: int, offset: int, size: int) -> bytes | memoryview:
         return memoryview(buf)[:got]  # end of file, not a partial cache hit
     if got < 0:
         got = 0
-    rest = await trio.to_thread.run_sync(_pread_full, fd, size - got, offset + got, limiter=io_threads)
+    # abandon_on_cancel: a host read stalled on a hung filesystem must not hold
+    # the unmount at shutdown (the only time requests are cancelled).
+    rest = await trio.to_thread.run_sync(
+        _pread_full, fd, size - got, offset + got, limiter=io_threads, abandon_on_cancel=True
+    )
     if not got:
         return rest
     return bytes(memoryview(buf)[:got]) + rest
 
 
 async def fsync(fd: int, datasync: bool) -> None:
-    await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd, limiter=io_threads)
-
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_AT_FDCWD = -100
-
-
-def renameat2(old: bytes, new: bytes, flags: int) -> None:
-    """rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE, which the os module lacks."""
-    if not flags:
-        os.rename(old, new)
-        return
-    if _libc.renameat2(_AT_FDCWD, old, _AT_FDCWD, new, ctypes.c_uint(flags)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), old, None, new)
+    await trio.to_thread.run_sync(
+        os.fdatasync if datasync else os.fsync, fd, limiter=io_threads, abandon_on_cancel=True
+    )

@@ -17,7 +17,11 @@ from .errors import MappingError
 PathLike = str | bytes
 
 
-_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in range(32)}
+_CONTROL_ESCAPES = {
+    **{code: f"\\x{code:02x}" for code in (*range(32), 0x7F)},
+    # C1 controls as \u0080..: "\x80" already means an undecodable byte.
+    **{code: f"\\u{code:04x}" for code in range(0x80, 0xA0)},
+}
 
 
 def display(path: bytes) -> str:

@@ -64,7 +64,10 @@ class MountConfig:
         options = {"fsname=sandboxfs", "subtype=sandboxfs", "default_permissions"}
         if self.allow == "other":
             options.add("allow_other")
-        elif self.allow == "root":
+        elif self.allow == "root" and os.getuid() != 0:
+            # libfuse enforces allow_root in user space on top of the kernel's
+            # allow_other, so the kernel would answer others from its caches;
+            # for a root mounter "root" is "self", enforced by the kernel.
             options.add("allow_root")
         return options
 
@@ -85,6 +88,9 @@ def _unmount_lazily(path: str) -> None:
 def prepare_mount_point(path: str) -> None:
     """Check the mount point; clear a dead FUSE mount a crashed instance left there."""
     try:
+        # statvfs always reaches a FUSE server; stat may be answered from the
+        # kernel's attribute cache for --ttl seconds after the server died.
+        os.statvfs(path)
         st = os.stat(path)
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:

@@ -33,6 +33,7 @@ import trio
 from pyfuse3 import FUSEError
 
 from . import hostio
+from .hostfs import HostEntry, proc_path, renameat2
 from .access import CREATE, LIST, LOOKUP, OPEN, READ, REMOVE, WRITE, AccessTracker
 from .inodes import Handle, InodeTable, StaleError
 from .tree import MappedNode, Node, Tree, list_directory, lookup, stat_of
@@ -42,8 +43,8 @@ log = logging.getLogger(__name__)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 # Flags we never pass to the host: the kernel already resolved creation, and it
 # computes append offsets itself (a host O_APPEND would ignore them).
+NAME_MAX = 255
 _STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND
-_HOST_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _fuse_op(handler: Callable) -> Callable:
@@ -140,21 +141,26 @@ class Operations(pyfuse3.Operations):
             raise _refuse()
         return node
 
-    def _writable_dir_entry(self, parent_ino: int, name: bytes) -> tuple[MappedNode, bytes]:
-        """Check that ``name`` in ``parent_ino`` may be created, removed or renamed."""
+    def _writable_dir_entry(self, parent_ino: int, name: bytes) -> tuple[MappedNode, HostEntry]:
+        """Check that ``name`` in ``parent_ino`` may be created, removed or renamed.
+
+        Returns the parent and the name's host entry (close it: ``with``).
+        """
         parent = self._writable_node(parent_ino)
         if parent.overlay(name) is not None:
             raise _refuse()  # a nested mapping: only the control socket may change it
-        return parent, parent.child_path(name)
+        return parent, parent.child_entry(name)
 
-    def _chown_created(self, path: bytes, ctx: pyfuse3.RequestContext) -> None:
+    def _chown_created(self, entry: HostEntry, ctx: pyfuse3.RequestContext) -> None:
         if self.chown_created:
-            os.chown(path, ctx.uid, ctx.gid, follow_symlinks=False)
+            os.chown(entry.name, ctx.uid, ctx.gid, dir_fd=entry.dir_fd, follow_symlinks=False)
 
     # -- lookups -----------------------------------------------------------------------
 
     @_fuse_op
     async def lookup(self, parent_inode: int, name: bytes, ctx=None) -> pyfuse3.EntryAttributes:
+        if len(name) > NAME_MAX:  # the kernel passes up to 1024 bytes; answer as any directory
+            raise FUSEError(errno.ENAMETOOLONG)
         found = lookup(self.inodes[parent_inode], name)
         if found is None:
             if self.access:
@@ -186,40 +192,15 @@ class Operations(pyfuse3.Operations):
             self.access.note(inode, WRITE)
         handle = self.inodes.handle(fh) if fh is not None else None
         fd = handle.fd if handle is not None else self.inodes.open_fd(node)
-        target: int | bytes = fd if fd >= 0 else node.host_path()
-        if fields.update_size:
-            if handle is not None and handle.writable:
-                os.ftruncate(handle.fd, attr.st_size)
-            else:
+        if fd >= 0:  # an open file: right even after unlink or rename
+            _set_attributes(attr, fields, fd, handle is not None and handle.writable)
+        else:
+            with node.entry() as entry:
+                target = entry.open_path()
                 try:
-                    os.truncate(node.host_path(), attr.st_size)
-                except FileNotFoundError:
-                    if fd < 0:
-                        raise
-                    os.ftruncate(fd, attr.st_size)  # unlinked but open
-        if fields.update_mode:
-            mode = stat.S_IMODE(attr.st_mode)
-            if isinstance(target, int):
-                os.fchmod(target, mode)
-            elif not stat.S_ISLNK(os.lstat(target).st_mode):  # Linux cannot chmod a symlink
-                os.chmod(target, mode)
-        if fields.update_uid or fields.update_gid:
-            uid = attr.st_uid if fields.update_uid else -1
-            gid = attr.st_gid if fields.update_gid else -1
-            if isinstance(target, int):
-                os.fchown(target, uid, gid)
-            else:
-                os.chown(target, uid, gid, follow_symlinks=False)
-        if fields.update_atime or fields.update_mtime:
-            current = os.fstat(target) if isinstance(target, int) else os.lstat(target)
-            times = (
-                attr.st_atime_ns if fields.update_atime else current.st_atime_ns,
-                attr.st_mtime_ns if fields.update_mtime else current.st_mtime_ns,
-            )
-            if isinstance(target, int):
-                os.utime(target, ns=times)
-            else:
-                os.utime(target, ns=times, follow_symlinks=False)
+                    _set_attributes(attr, fields, target, False, entry)
+                finally:
+                    os.close(target)
         return self._attributes(node, self._stat(node))
 
     @_fuse_op
@@ -229,13 +210,13 @@ class Operations(pyfuse3.Operations):
             raise _refuse(errno.EINVAL)
         if self.access:
             self.access.note(inode, READ)  # following a symlink reads it
-        return os.readlink(node.host_path())
+        with node.entry() as entry:
+            return os.readlink(entry.name, dir_fd=entry.dir_fd)
 
     # -- creating and removing names ---------------------------------------------------
 
-    def _new_entry(self, parent_inode: int, name: bytes, path: bytes) -> pyfuse3.EntryAttributes:
-        st = os.lstat(path)
-        return self._created(parent_inode, name, st)[1]
+    def _new_entry(self, parent_inode: int, name: bytes, entry: HostEntry) -> pyfuse3.EntryAttributes:
+        return self._created(parent_inode, name, entry.lstat())[1]
 
     def _created(self, parent_inode: int, name: bytes, st: os.stat_result):
         """The node and entry reply for a name just created in a writable directory."""
@@ -245,54 +226,63 @@ class Operations(pyfuse3.Operations):
             self.access.entry(parent_inode, name, entry.st_ino, CREATE)
         return node, entry
 
-    def _make(self, parent_inode: int, name: bytes, ctx, make: Callable[[bytes], None]):
-        """Create a host object through ``make(path)`` and answer its entry, owned by the caller."""
-        _parent, path = self._writable_dir_entry(parent_inode, name)
-        make(path)
-        self._chown_created(path, ctx)
-        return self._new_entry(parent_inode, name, path)
+    def _make(self, parent_inode: int, name: bytes, ctx, make: Callable[[HostEntry], None]):
+        """Create a host object through ``make(entry)`` and answer its entry, owned by the caller."""
+        _parent, entry = self._writable_dir_entry(parent_inode, name)
+        with entry:
+            make(entry)
+            self._chown_created(entry, ctx)
+            return self._new_entry(parent_inode, name, entry)
 
     @_fuse_op
     async def mknod(self, parent_inode, name, mode, rdev, ctx) -> pyfuse3.EntryAttributes:
-        return self._make(parent_inode, name, ctx, lambda path: os.mknod(path, mode, rdev))
+        return self._make(parent_inode, name, ctx,
+                          lambda at: os.mknod(at.name, mode, rdev, dir_fd=at.dir_fd))
 
     @_fuse_op
     async def mkdir(self, parent_inode, name, mode, ctx) -> pyfuse3.EntryAttributes:
-        return self._make(parent_inode, name, ctx, lambda path: os.mkdir(path, mode))
+        return self._make(parent_inode, name, ctx, lambda at: os.mkdir(at.name, mode, dir_fd=at.dir_fd))
 
     @_fuse_op
     async def symlink(self, parent_inode, name, target, ctx) -> pyfuse3.EntryAttributes:
-        return self._make(parent_inode, name, ctx, lambda path: os.symlink(target, path))
+        return self._make(parent_inode, name, ctx,
+                          lambda at: os.symlink(target, at.name, dir_fd=at.dir_fd))
 
     @_fuse_op
     async def link(self, inode, new_parent_inode, new_name, ctx) -> pyfuse3.EntryAttributes:
         """Hard links go to the host: the new name is a new node backed by the same host file."""
         node = self._writable_node(inode)
-        _parent, path = self._writable_dir_entry(new_parent_inode, new_name)
-        os.link(node.host_path(), path, follow_symlinks=False)
-        return self._new_entry(new_parent_inode, new_name, path)
+        _parent, new = self._writable_dir_entry(new_parent_inode, new_name)
+        with new, node.entry() as old:
+            os.link(old.name, new.name, src_dir_fd=old.dir_fd, dst_dir_fd=new.dir_fd,
+                    follow_symlinks=False)
+            return self._new_entry(new_parent_inode, new_name, new)
 
     @_fuse_op
     async def unlink(self, parent_inode, name, ctx) -> None:
-        parent, path = self._writable_dir_entry(parent_inode, name)
-        os.unlink(path)
+        parent, entry = self._writable_dir_entry(parent_inode, name)
+        with entry:
+            os.unlink(entry.name, dir_fd=entry.dir_fd)
         parent.drop_known(name)
         if self.access:
             self.access.note_child(parent_inode, name, REMOVE)
 
     @_fuse_op
     async def rmdir(self, parent_inode, name, ctx) -> None:
-        parent, path = self._writable_dir_entry(parent_inode, name)
-        os.rmdir(path)
+        parent, entry = self._writable_dir_entry(parent_inode, name)
+        with entry:
+            os.rmdir(entry.name, dir_fd=entry.dir_fd)
         parent.drop_known(name)
         if self.access:
             self.access.note_child(parent_inode, name, REMOVE)
 
     @_fuse_op
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx) -> None:
-        old_parent, old_path = self._writable_dir_entry(parent_inode_old, name_old)
-        new_parent, new_path = self._writable_dir_entry(parent_inode_new, name_new)
-        hostio.renameat2(old_path, new_path, flags)
+        old_parent, old = self._writable_dir_entry(parent_inode_old, name_old)
+        with old:
+            new_parent, new = self._writable_dir_entry(parent_inode_new, name_new)
+            with new:
+                renameat2(old, new, flags)
         if flags & pyfuse3.RENAME_EXCHANGE:
             old_parent.exchange_known(name_old, new_parent, name_new)
         else:
@@ -318,19 +308,31 @@ class Operations(pyfuse3.Operations):
         writes = bool(flags & _WRITE_FLAGS)
         if not isinstance(node, MappedNode) or (writes and not node.writable):
             raise _refuse()
-        fd = os.open(node.host_path(), (flags & ~_STRIP_FLAGS) | _HOST_FLAGS)
+        with node.entry() as entry:
+            fd = entry.open(flags & ~_STRIP_FLAGS)
         if self.access:
             reads = (flags & os.O_ACCMODE) != os.O_WRONLY
             self.access.note(inode, (OPEN if reads else 0) | (WRITE if writes else 0))
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         fh = self.inodes.open(Handle(node, fd, writable=bool(flags & (os.O_WRONLY | os.O_RDWR))))
         # keep_cache: a file opened only for reading keeps its page cache across
-        # opens; the kernel still drops it when it sees mtime or size change.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=not writes)
+        # opens -- but only while the host file is the one those pages came
+        # from.  A file replaced by rename (even with the same size and mtime,
+        # as cp -p or tar leave it) gets its cache dropped at this open.
+        cached_as = (st.st_dev, st.st_ino, st.st_ctime_ns)
+        keep = not writes and node.cached_as == cached_as
+        node.cached_as = cached_as
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @_fuse_op
     async def create(self, parent_inode, name, mode, flags, ctx):
-        _parent, path = self._writable_dir_entry(parent_inode, name)
-        fd = os.open(path, (flags & ~(os.O_NOCTTY | os.O_APPEND)) | os.O_CREAT | _HOST_FLAGS, mode)
+        _parent, entry = self._writable_dir_entry(parent_inode, name)
+        with entry:
+            fd = entry.open((flags & ~(os.O_NOCTTY | os.O_APPEND)) | os.O_CREAT, mode)
         try:
             if self.chown_created:
                 os.fchown(fd, ctx.uid, ctx.gid)
@@ -391,21 +393,31 @@ class Operations(pyfuse3.Operations):
             # A snapshot per listing: offsets index into it, so entries added or
             # removed meanwhile can neither be skipped nor repeated.
             handle.entries = list_directory(handle.node)
+        directory = handle.node
+        dir_fd = _open_listed_dir(directory)  # once per call, not per entry
+        try:
+            self._reply_entries(handle, start_id, token, dir_fd)
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
+
+    def _reply_entries(self, handle: Handle, start_id: int, token, dir_fd: int) -> None:
         entries = handle.entries
         directory = handle.node
-        base = b""  # the directory's host path, computed once per call, not per entry
         for index in range(start_id, len(entries)):
             name, node = entries[index]
             try:
                 if node is None:
-                    if not base:
-                        base = directory.child_path(b"")
-                    st = os.lstat(base + name)
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                     node = directory.discovered(name, st)
                 else:
                     st = self._stat(node)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 continue  # removed since the snapshot
+            except OSError as exc:
+                if exc.errno == errno.EBADF:  # the directory itself went away
+                    continue
+                raise
             attributes = self._attributes(node, st)
             if self.access and self.access.entry(directory.ino, name, attributes.st_ino):
                 # A tracked sandbox: the kernel must look this name up again
@@ -448,26 +460,98 @@ class Operations(pyfuse3.Operations):
         node = self._xattr_node(inode)
         if not isinstance(node, MappedNode):
             raise _refuse(pyfuse3.ENOATTR)
-        return os.getxattr(node.host_path(), name, follow_symlinks=False)
+        return _on_host_object(node, lambda path: os.getxattr(path, name), pyfuse3.ENOATTR)
 
     @_fuse_op
     async def listxattr(self, inode: int, ctx) -> list[bytes]:
         node = self._xattr_node(inode)
         if not isinstance(node, MappedNode):
             return []
-        return [os.fsencode(n) for n in os.listxattr(node.host_path(), follow_symlinks=False)]
+        try:
+            names = _on_host_object(node, os.listxattr, errno.EPERM)
+        except OSError as exc:
+            if exc.errno == errno.EPERM:
+                return []  # a symlink: nothing we may show
+            raise
+        return [os.fsencode(n) for n in names]
 
     @_fuse_op
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx) -> None:
         self._xattr_node(inode)
         node = self._writable_node(inode)
-        os.setxattr(node.host_path(), name, value, follow_symlinks=False)
+        _on_host_object(node, lambda path: os.setxattr(path, name, value), errno.EPERM)
 
     @_fuse_op
     async def removexattr(self, inode: int, name: bytes, ctx) -> None:
         self._xattr_node(inode)
         node = self._writable_node(inode)
-        os.removexattr(node.host_path(), name, follow_symlinks=False)
+        _on_host_object(node, lambda path: os.removexattr(path, name), errno.EPERM)
+
+
+def _on_host_object(node: MappedNode, call: Callable[[str], Any], on_symlink: int) -> Any:
+    """``call(path)`` with a path that reaches exactly the node's host object.
+
+    For calls with no ``*at`` form (xattrs): an O_PATH fd of the object,
+    reached without following symlinks, then ``/proc/self/fd/N``.  A symlink
+    would be followed from there, so symlinks answer ``on_symlink`` instead
+    (Linux allows no user xattrs on them anyway).
+    """
+    with node.entry() as entry:
+        fd = entry.open_path()
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise OSError(on_symlink, os.strerror(on_symlink))
+        return call(proc_path(fd))
+    finally:
+        os.close(fd)
+
+
+def _open_listed_dir(directory: Node) -> int:
+    """An fd of a mapped directory being listed, or -1 (scaffold, or gone)."""
+    if not isinstance(directory, MappedNode):
+        return -1
+    try:
+        return directory.open_dir()
+    except OSError:
+        return -1
+
+
+def _set_attributes(attr, fields, fd: int, fd_writable: bool, entry: HostEntry | None = None) -> None:
+    """Apply a setattr to the object behind ``fd``, never through a symlink.
+
+    ``fd`` is an open file of the node, or (``entry`` given) an O_PATH fd of
+    its host object, which ``entry`` names relative to a safe directory fd.
+    Calls that take no fd go through ``/proc/self/fd/N``, which reaches
+    exactly the object behind ``fd``.  A symlink's mode cannot change on
+    Linux, and a size change never reaches a symlink (the kernel follows it).
+    """
+    st = os.fstat(fd)
+    link = stat.S_ISLNK(st.st_mode)
+    if fields.update_size:
+        if fd_writable:
+            os.ftruncate(fd, attr.st_size)
+        elif link:
+            raise OSError(errno.EINVAL, "a symlink has no size to set")
+        else:
+            os.truncate(proc_path(fd), attr.st_size)
+    if fields.update_mode and not link:
+        os.chmod(proc_path(fd), stat.S_IMODE(attr.st_mode))
+    if fields.update_uid or fields.update_gid:
+        uid = attr.st_uid if fields.update_uid else -1
+        gid = attr.st_gid if fields.update_gid else -1
+        if entry is None:
+            os.fchown(fd, uid, gid)
+        else:
+            os.chown(entry.name, uid, gid, dir_fd=entry.dir_fd, follow_symlinks=False)
+    if fields.update_atime or fields.update_mtime:
+        times = (
+            attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+            attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns,
+        )
+        if entry is None:
+            os.utime(fd, ns=times)
+        else:
+            os.utime(entry.name, ns=times, dir_fd=entry.dir_fd, follow_symlinks=False)
 
 
 class KernelCache:

@@ -27,6 +27,7 @@ filesystem (``lstat`` of backing paths; existence checks in ``underlying``).
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import stat
@@ -40,6 +41,7 @@ from .errors import (
     InvalidRequestError,
     describe_oserror,
 )
+from .hostfs import HostEntry, open_below
 from .mapping import Mapping, MappingGroup, display, spec_size
 from . import underlying as _underlying
 from .underlying import split_host_path
@@ -85,7 +87,8 @@ class MappedNode(Node):
     a new node rather than the old identity.
     """
 
-    __slots__ = ("origin", "parent", "name", "writable", "host_ino", "overlays", "known")
+    __slots__ = ("origin", "parent", "name", "writable", "host_ino", "overlays", "known",
+                 "cached_as")
 
     def __init__(
         self,
@@ -103,6 +106,9 @@ class MappedNode(Node):
         self.host_ino = host_ino
         self.overlays: dict[bytes, Node] | None = None
         self.known: dict[bytes, MappedNode] | None = None
+        # (st_dev, st_ino, st_ctime_ns) of the host file at its last open: the
+        # file whose bytes the kernel's page cache for this node holds.
+        self.cached_as: tuple[int, int, int] | None = None
 
     @property
     def explicit(self) -> bool:
@@ -137,6 +143,34 @@ class MappedNode(Node):
     def child_path(self, name: bytes) -> bytes:
         base = self.host_path()
         return base + name if base.endswith(b"/") else base + b"/" + name
+
+    # -- reaching the host object without following symlinks (hostfs) --------
+
+    def open_dir(self, flags: int = os.O_PATH | os.O_DIRECTORY) -> int:
+        """An fd of this directory's host directory; no symlink below the mapping is followed."""
+        parts = []
+        node: MappedNode = self
+        while node.origin is None:
+            if node.parent is None:
+                raise FileNotFoundError(2, "node was removed from its directory")
+            parts.append(node.name)
+            node = node.parent
+        parts.reverse()
+        return open_below(node.host_path(), b"/".join(parts), flags)
+
+    def child_entry(self, name: bytes) -> HostEntry:
+        """Entry ``name`` of this directory on the host."""
+        if self.origin is not None:  # the mapping itself: only ``name`` could be swapped
+            return HostEntry(None, self.child_path(name))
+        return HostEntry(self.open_dir(), name)
+
+    def entry(self) -> HostEntry:
+        """This node's host object."""
+        if self.origin is not None:
+            return HostEntry(None, self.host_path())
+        if self.parent is None:
+            raise FileNotFoundError(2, "node was removed from its directory")
+        return self.parent.child_entry(self.name)
 
     # -- discovered children -------------------------------------------------
 
@@ -240,16 +274,22 @@ def lookup(parent: Node, name: bytes) -> tuple[Node, os.stat_result | None] | No
     if child is not None:
         return child, stat_of(child)
     try:
-        st = os.lstat(parent.child_path(name))
+        with parent.child_entry(name) as entry:
+            st = entry.lstat()
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # our directory was swapped for a symlink
+            return None
+        raise
     return parent.discovered(name, st), st
 
 
 def stat_of(node: Node) -> os.stat_result | None:
     """lstat of a node's host object, or None for a scaffold directory."""
     if isinstance(node, MappedNode):
-        return os.lstat(node.host_path())
+        with node.entry() as entry:
+            return entry.lstat()
     return None
 
 
@@ -266,7 +306,13 @@ def list_directory(node: Node) -> list[tuple[bytes, Node | None]]:
     assert isinstance(node, MappedNode)
     overlays = node.overlays or {}
     entries: list[tuple[bytes, Node | None]] = [(n, child_of(overlays, n)) for n in list(overlays)]
-    for name in os.listdir(node.host_path()):
+    fd = node.open_dir(os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        names = os.listdir(fd)  # str names (surrogate escapes) when given an fd
+    finally:
+        os.close(fd)
+    for text in names:
+        name = os.fsencode(text)
         if name not in overlays:
             entries.append((name, None))
     return entries
