@@ -124,13 +124,7 @@ class MappedNode(Node):
         (its parent link was cut); the ops layer then falls back to an open
         file descriptor if there is one.
         """
-        parts = []
-        node: MappedNode = self
-        while node.origin is None:
-            if node.parent is None:
-                raise FileNotFoundError(2, "node was removed from its directory")
-            parts.append(node.name)
-            node = node.parent
+        node, parts = self._from_mapping()
         if node.name is not None:
             parts.append(node.name)
         origin = node.origin
@@ -140,6 +134,17 @@ class MappedNode(Node):
         parts.reverse()
         return b"/".join(parts)
 
+    def _from_mapping(self) -> tuple["MappedNode", list[bytes]]:
+        """The explicit mapping this node lies in, and the names below it (innermost first)."""
+        parts = []
+        node: MappedNode = self
+        while node.origin is None:
+            if node.parent is None:
+                raise FileNotFoundError(2, "node was removed from its directory")
+            parts.append(node.name)
+            node = node.parent
+        return node, parts
+
     def child_path(self, name: bytes) -> bytes:
         base = self.host_path()
         return base + name if base.endswith(b"/") else base + b"/" + name
@@ -148,13 +153,7 @@ class MappedNode(Node):
 
     def open_dir(self, flags: int = os.O_PATH | os.O_DIRECTORY) -> int:
         """An fd of this directory's host directory; no symlink below the mapping is followed."""
-        parts = []
-        node: MappedNode = self
-        while node.origin is None:
-            if node.parent is None:
-                raise FileNotFoundError(2, "node was removed from its directory")
-            parts.append(node.name)
-            node = node.parent
+        node, parts = self._from_mapping()
         parts.reverse()
         return open_below(node.host_path(), b"/".join(parts), flags)
 
