@@ -334,3 +334,25 @@ async def test_error_index_is_the_callers_index(host):
             ])
     assert info.value.details["path"] == "/bin/x"
     assert info.value.details["index"] == 1
+
+
+def test_building_a_request_pauses_the_gc_and_restores_its_state():
+    import gc
+
+    seen = []
+
+    class Probe(tuple):  # a mapping that records the GC state while the request is built
+        def __getitem__(self, index):
+            seen.append(gc.isenabled())
+            return tuple.__getitem__(self, index)
+
+    assert gc.isenabled()
+    _Session().request("create_sandbox", name="s", mappings=[Probe(("/a/x", "/h/x", False))])
+    assert seen and not any(seen)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        _Session().request("create_sandbox", name="s", mappings=[("/a/x", "/h/x")])
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()

@@ -696,3 +696,22 @@ async def test_a_large_tracked_create_goes_off_loop_and_is_tracked(tmp_path):
         request["track_access"] = True
         assert "result" in await connect().call(request)
         assert b"big" in server.reconfigurer.access.logs
+
+
+async def test_large_requests_are_built_with_the_gc_paused_and_it_resumes(tmp_path):
+    import gc
+
+    class GcRecordingTree(Tree):
+        states: list[bool] = []
+
+        def build_sandbox(self, name, mappings):
+            self.states.append(gc.isenabled())
+            return super().build_sandbox(name, mappings)
+
+    files = host_files(tmp_path / "many", 600)
+    tree = GcRecordingTree()
+    async with serving(make_server(tree)) as connect:
+        request = create(1, "big", *[[f"/f{i}", str(files / f"f{i}"), False] for i in range(600)])
+        assert "result" in await connect().call(request)
+    assert tree.states == [False]
+    assert gc.isenabled()
