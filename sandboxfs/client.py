@@ -21,7 +21,6 @@ bytes, so they cannot drift apart.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import socket
 from typing import Any, AsyncIterator, Iterable, Iterator, Sequence, Union
@@ -30,6 +29,7 @@ import trio
 
 from .errors import ProtocolError, error_for_code
 from .framing import MessageReader, encode
+from .gcpause import paused_gc
 from .mapping import Mapping
 
 PathArg = Union[str, bytes, os.PathLike]
@@ -93,7 +93,7 @@ class _Session:
         return [ident, b""]
 
     def request(self, op: str, **fields: Any) -> tuple[int, bytes]:
-        with _no_gc():
+        with paused_gc():  # its many small objects would trigger scans of the caller's heap
             return self._request(op, fields)
 
     def _request(self, op: str, fields: dict) -> tuple[int, bytes]:
@@ -187,20 +187,6 @@ def _group(items: list, positions: list[int] | None = None) -> tuple[dict, list]
         for entry in wire:
             positions.extend(members[entry] if type(entry) is tuple else entry[3:])
     return groups, wire
-
-
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    """Pause the cyclic GC while a request is built: its tens of thousands of
-    short-lived lists and tuples would otherwise trigger collections that scan
-    every object of the caller's process (tens of milliseconds in a build tool)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _create_fields(name: PathArg, mappings: Iterable[MappingArg], track_access: bool) -> dict:

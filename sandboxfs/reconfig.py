@@ -16,20 +16,19 @@ entries, so nothing stale can be read after it.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
 import resource
 import time
 from collections import Counter
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import trio
 
 from . import __version__
 from .access import AccessTracker
 from .errors import InvalidRequestError, NotFoundError, SandboxfsError
+from .gcpause import paused_gc
 from .mapping import display
 from .protocol import OPS, PROTOCOL_VERSION, PrefixTable, Request, decode_request, name_value
 from .tree import Node, Tree, count_mappings, declared_paths, dismantle, require_underlying
@@ -38,23 +37,6 @@ log = logging.getLogger(__name__)
 
 # Requests with more mappings than this are decoded and built in a worker thread.
 OFF_LOOP_MAPPINGS = 512
-
-
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic GC while a large request is decoded and built.
-
-    Building allocates an object or two per mapping; with a million mappings
-    live, the collections that triggers scan them all (~80 ms each).
-    Nothing built here is garbage, so pausing loses nothing.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class KernelCache(Protocol):

@@ -90,9 +90,13 @@ def lookups(client: Client) -> int:
 
 
 def recv_until_eof(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (a reset counts as the close)."""
     data = b""
     while True:
-        chunk = sock.recv(65536)
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return data
         if not chunk:
             return data
         data += chunk

@@ -49,6 +49,7 @@ from sandboxfs.client import Client
 from .harness import Mount, is_mounted, mount_ids
 from .slowfs import FILE_NAME as SLOW_FILE_NAME
 from .test_concurrency import SlowFS
+from .test_control import decode_all, recv_until_eof
 
 CONTROL_TIMEOUT = 2.0  # --control-timeout for every mount here
 RELEASE_BOUND = 10.0  # generous: only there to stop a hang
@@ -131,22 +132,6 @@ def packed(request: dict) -> bytes:
     return msgpack.packb(request, use_bin_type=True)
 
 
-def recv_until_eof(sock: socket.socket) -> bytes:
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(1 << 20)
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
-
-
-def decode_all(data: bytes) -> list:
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    unpacker.feed(data)
-    return list(unpacker)
 
 
 def end_process(proc: subprocess.Popen) -> None:
@@ -449,8 +434,10 @@ def test_disconnect_before_reading_the_answer_still_applies_the_whole_request(se
     with connect(control_path(served.mount)) as sock:
         sock.sendall(requests)
 
+    # The server may not even have accepted the connection yet: wait for the create.
+    wait_for(lambda: [s["name"] for s in served.client.list()] == ["witness", "done"],
+             "the create sent before the disconnect is applied")
     wait_for_fds(served, before)
-    assert [s["name"] for s in served.client.list()] == ["witness", "done"]
     assert read_fresh(served.sandbox("done") / "x.txt") == b"x\n"
     served.assert_still_serving()
 

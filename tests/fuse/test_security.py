@@ -69,6 +69,7 @@ from sandboxfs.client import Client
 
 from .conftest import SYSTEM_PYTHON, run_as
 from .harness import Mount, stop_all, world_traversable_tempdir
+from .test_control import RAW_CLIENT_SCRIPT
 
 XATTR = "user.sandboxfs-security"
 
@@ -873,31 +874,6 @@ def test_socket_mode_seen_by_a_poller_while_the_mount_starts(sandboxfs_mount, wo
     assert modes == {0o600}
 
 
-RAW_REQUEST_SCRIPT = """
-import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(10)
-try:
-    s.connect(sys.argv[1])
-except OSError as e:
-    print("connect-errno", e.errno)
-    sys.exit(0)
-try:
-    s.sendall(bytes.fromhex(sys.argv[2]))
-except OSError:
-    pass
-data = b""
-while True:
-    try:
-        chunk = s.recv(65536)
-    except OSError:
-        break
-    if not chunk:
-        break
-    data += chunk
-print("reply", data.hex())
-"""
-
 LIST_REQUEST = msgpack.packb({"id": 1, "op": "list"}, use_bin_type=True)
 
 
@@ -917,7 +893,7 @@ def test_socket_shared_with_another_uid_still_refuses_the_rest(sandboxfs_mount, 
     mount = sandboxfs_mount(["--control-allow-uid", str(unprivileged_user.pw_uid + 1000)])
     assert stat.S_IMODE(os.lstat(control_path(mount)).st_mode) == 0o666
 
-    result = run_as(unprivileged_user, [SYSTEM_PYTHON, "-I", "-c", RAW_REQUEST_SCRIPT,
+    result = run_as(unprivileged_user, [SYSTEM_PYTHON, "-I", "-c", RAW_CLIENT_SCRIPT,
                                         str(control_path(mount)), LIST_REQUEST.hex()], timeout=60)
 
     assert result.returncode == 0, result.stderr
@@ -930,7 +906,7 @@ def test_peer_in_the_mounting_users_group_is_refused(sandboxfs_mount, unprivileg
     control_path(mount).chmod(0o666)  # past the file mode, to the credentials check
 
     result = subprocess.run(
-        [SYSTEM_PYTHON, "-I", "-c", RAW_REQUEST_SCRIPT, str(control_path(mount)), LIST_REQUEST.hex()],
+        [SYSTEM_PYTHON, "-I", "-c", RAW_CLIENT_SCRIPT, str(control_path(mount)), LIST_REQUEST.hex()],
         user=unprivileged_user.pw_uid, group=os.getgid(), extra_groups=[os.getgid()],
         capture_output=True, text=True, timeout=60,
     )
