@@ -122,7 +122,10 @@ class _EarlySignals:
 
     def __init__(self) -> None:
         self.received: list[int] = []
-        for signum in SHUTDOWN_SIGNALS:
+        # SIGHUP ignored from the start means ``nohup sandboxfs mount``: keep ignoring it.
+        self.signals = tuple(s for s in SHUTDOWN_SIGNALS
+                             if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN)
+        for signum in self.signals:
             signal.signal(signum, self._record)
 
     def _record(self, signum: int, frame) -> None:
@@ -136,7 +139,7 @@ async def _watch_signals(
     *,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
-    with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
+    with trio.open_signal_receiver(*early.signals) as signals:
         task_status.started()
         if early.received:
             ending.signum = early.received[0]

@@ -212,7 +212,9 @@ def _signals_interrupt() -> Iterator[None]:
     def interrupt(signum, _frame):
         raise _Interrupted(signum)
 
-    numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    numbers = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # not under nohup
+        numbers.append(signal.SIGHUP)
     previous = {n: signal.signal(n, interrupt) for n in numbers}
     try:
         yield

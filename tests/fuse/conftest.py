@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +33,15 @@ def _need_fuse():
         pytest.skip("real-mount tests need root and /dev/fuse")
     if shutil.which("fusermount3") is None:
         pytest.fail("fusermount3 is missing: run `make test`, which installs fuse3")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _children_get_default_sighup():
+    """Under ``nohup`` SIGHUP is ignored, and children inherit that; sandboxfs then
+    keeps ignoring it (on purpose), which tests that send SIGHUP must not see."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, previous)
 
 
 @pytest.fixture

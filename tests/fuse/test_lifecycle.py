@@ -124,6 +124,22 @@ def test_signal_unmounts_and_exits_zero(sandboxfs_mount, workdir, signum):
     assert f"received {signal.Signals(signum).name}" in mount.log()
 
 
+def test_sighup_ignored_at_start_stays_ignored(sandboxfs_mount, workdir):
+    """``nohup sandboxfs mount``: the hangup of the terminal must not unmount."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does; inherited
+    try:
+        mount = sandboxfs_mount(["--mapping", f"ro:/src:{make_source(workdir)}"])
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    wait_until_served(mount)
+    mount.signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert mount.alive() and is_mounted(mount.mount_point)
+    wait_until_served(mount)
+    mount.signal(signal.SIGTERM)
+    assert_cleanly_gone(mount, mount.wait())
+
+
 def test_external_unmount_ends_the_child(sandboxfs_mount, workdir):
     mount = sandboxfs_mount(["--mapping", f"ro:/src:{make_source(workdir)}"])
     wait_until_served(mount)
