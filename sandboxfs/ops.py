@@ -40,10 +40,10 @@ from .tree import MappedNode, Node, Tree, list_directory, lookup, stat_of
 
 log = logging.getLogger(__name__)
 
+NAME_MAX = 255
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 # Flags we never pass to the host: the kernel already resolved creation, and it
 # computes append offsets itself (a host O_APPEND would ignore them).
-NAME_MAX = 255
 _STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND
 
 
