@@ -91,7 +91,8 @@ class Operations(pyfuse3.Operations):
         self.started_ns = time.time_ns()
         self.op_counts: collections.Counter[str] = collections.Counter()
         # Sandboxes created with track_access; every hook below first tests
-        # ``if self.access`` (false while no sandbox is tracked).
+        # ``if self.access.logs`` (an empty dict while no sandbox is tracked:
+        # one C-level truth test per request, no Python call).
         self.access = AccessTracker()
 
     # -- attributes --------------------------------------------------------------------
@@ -163,7 +164,7 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.ENAMETOOLONG)
         found = lookup(self.inodes[parent_inode], name)
         if found is None:
-            if self.access:
+            if self.access.logs:
                 self.access.missing(parent_inode, name)
             miss = pyfuse3.EntryAttributes()
             miss.st_ino = 0  # negative entry: the kernel caches the miss for entry_timeout
@@ -171,7 +172,7 @@ class Operations(pyfuse3.Operations):
             return miss
         node, st = found
         entry = self._entry(node, st)
-        if self.access:
+        if self.access.logs:
             self.access.entry(parent_inode, name, entry.st_ino, LOOKUP)
         return entry
 
@@ -188,7 +189,7 @@ class Operations(pyfuse3.Operations):
     @_fuse_op
     async def setattr(self, inode, attr, fields, fh, ctx) -> pyfuse3.EntryAttributes:
         node = self._writable_node(inode)
-        if self.access:
+        if self.access.logs:
             self.access.note(inode, WRITE)
         handle = self.inodes.handle(fh) if fh is not None else None
         fd = handle.fd if handle is not None else self.inodes.open_fd(node)
@@ -208,7 +209,7 @@ class Operations(pyfuse3.Operations):
         node = self.inodes[inode]
         if not isinstance(node, MappedNode):
             raise _refuse(errno.EINVAL)
-        if self.access:
+        if self.access.logs:
             self.access.note(inode, READ)  # following a symlink reads it
         with node.entry() as entry:
             return os.readlink(entry.name, dir_fd=entry.dir_fd)
@@ -222,7 +223,7 @@ class Operations(pyfuse3.Operations):
         """The node and entry reply for a name just created in a writable directory."""
         node = self.inodes[parent_inode].discovered(name, st)
         entry = self._entry(node, st)
-        if self.access:
+        if self.access.logs:
             self.access.entry(parent_inode, name, entry.st_ino, CREATE)
         return node, entry
 
@@ -264,7 +265,7 @@ class Operations(pyfuse3.Operations):
         with entry:
             os.unlink(entry.name, dir_fd=entry.dir_fd)
         parent.drop_known(name)
-        if self.access:
+        if self.access.logs:
             self.access.note_child(parent_inode, name, REMOVE)
 
     @_fuse_op
@@ -273,7 +274,7 @@ class Operations(pyfuse3.Operations):
         with entry:
             os.rmdir(entry.name, dir_fd=entry.dir_fd)
         parent.drop_known(name)
-        if self.access:
+        if self.access.logs:
             self.access.note_child(parent_inode, name, REMOVE)
 
     @_fuse_op
@@ -287,7 +288,7 @@ class Operations(pyfuse3.Operations):
             old_parent.exchange_known(name_old, new_parent, name_new)
         else:
             old_parent.move_known(name_old, new_parent, name_new)
-        if self.access:
+        if self.access.logs:
             self._note_rename(parent_inode_old, name_old, parent_inode_new, name_new, new_parent)
 
     def _note_rename(self, old_dir: int, old_name: bytes, new_dir: int, new_name: bytes,
@@ -310,7 +311,7 @@ class Operations(pyfuse3.Operations):
             raise _refuse()
         with node.entry() as entry:
             fd = entry.open(flags & ~_STRIP_FLAGS)
-        if self.access:
+        if self.access.logs:
             reads = (flags & os.O_ACCMODE) != os.O_WRONLY
             self.access.note(inode, (OPEN if reads else 0) | (WRITE if writes else 0))
         try:
@@ -347,7 +348,7 @@ class Operations(pyfuse3.Operations):
     @_fuse_op
     async def read(self, fh: int, off: int, size: int):
         handle = self.inodes.handle(fh)
-        if self.access:
+        if self.access.logs:
             self.access.note(handle.node.ino, READ)
         return await hostio.read(handle.fd, off, size)
 
@@ -356,7 +357,7 @@ class Operations(pyfuse3.Operations):
         handle = self.inodes.handle(fh)
         if not handle.writable:
             raise _refuse(errno.EBADF)
-        if self.access:
+        if self.access.logs:
             self.access.note(handle.node.ino, WRITE)
         return os.pwrite(handle.fd, buf, off)
 
@@ -382,7 +383,7 @@ class Operations(pyfuse3.Operations):
         node = self.inodes[inode]
         if isinstance(node, MappedNode) and not stat.S_ISDIR(self._stat(node).st_mode):
             raise _refuse(errno.ENOTDIR)
-        if self.access:
+        if self.access.logs:
             self.access.note(inode, LIST)
         return self.inodes.open(Handle(node))
 
@@ -419,7 +420,7 @@ class Operations(pyfuse3.Operations):
                     continue
                 raise
             attributes = self._attributes(node, st)
-            if self.access and self.access.entry(directory.ino, name, attributes.st_ino):
+            if self.access.logs and self.access.entry(directory.ino, name, attributes.st_ino):
                 # A tracked sandbox: the kernel must look this name up again
                 # when it is used, or the first use would never reach us.
                 attributes.entry_timeout = 0

@@ -163,6 +163,20 @@ class MappedNode(Node):
             return HostEntry(None, self.child_path(name))
         return HostEntry(self.open_dir(), name)
 
+    def lstat(self) -> os.stat_result:
+        """lstat of this node's host object (a hot path: no HostEntry for explicit nodes)."""
+        if self.origin is not None:
+            return os.lstat(self.host_path())
+        with self.entry() as entry:
+            return entry.lstat()
+
+    def lstat_child(self, name: bytes) -> os.stat_result:
+        """lstat of entry ``name`` of this directory on the host."""
+        if self.origin is not None:  # directly in the mapping: only ``name`` could be swapped
+            return os.lstat(self.child_path(name))
+        with self.child_entry(name) as entry:
+            return entry.lstat()
+
     def entry(self) -> HostEntry:
         """This node's host object."""
         if self.origin is not None:
@@ -273,8 +287,7 @@ def lookup(parent: Node, name: bytes) -> tuple[Node, os.stat_result | None] | No
     if child is not None:
         return child, stat_of(child)
     try:
-        with parent.child_entry(name) as entry:
-            st = entry.lstat()
+        st = parent.lstat_child(name)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
@@ -287,8 +300,7 @@ def lookup(parent: Node, name: bytes) -> tuple[Node, os.stat_result | None] | No
 def stat_of(node: Node) -> os.stat_result | None:
     """lstat of a node's host object, or None for a scaffold directory."""
     if isinstance(node, MappedNode):
-        with node.entry() as entry:
-            return entry.lstat()
+        return node.lstat()
     return None
 
 
