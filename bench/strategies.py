@@ -196,6 +196,14 @@ class Sandboxfs(Strategy):
         self.mount_point = mount_point
         self.socket = socket
         self._clients: dict[int, Client] = {}
+        self._listed: tuple[Spec, list] | None = None
+
+    def mapping_list(self, spec: Spec) -> list[tuple[str, str, bool]]:
+        """The spec as the (path, host, writable) list a build tool holds; made once per spec,
+        as the forests get their relative paths ready-made."""
+        if self._listed is None or self._listed[0] is not spec:
+            self._listed = (spec, [(path, host, w) for path, (host, w) in spec.mappings().items()])
+        return self._listed[1]
 
     def client(self, slot: int) -> Client:
         # One connection per worker slot: a blocking Client is not thread-safe.
@@ -204,8 +212,7 @@ class Sandboxfs(Strategy):
         return self._clients[slot]
 
     def setup(self, ident, spec, slot=0):
-        mappings = [(path, host, w) for path, (host, w) in spec.mappings().items()]
-        self.client(slot).create_sandbox(ident, mappings)
+        self.client(slot).create_sandbox(ident, self.mapping_list(spec))
         return self.mount_point / ident
 
     def collect(self, ident, spec, sandbox):

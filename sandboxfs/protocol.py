@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import os
 import reprlib
+from operator import itemgetter
 from typing import Any
 
 import attrs
 
 from .errors import InvalidRequestError, MappingError, SandboxfsError
-from .mapping import Mapping, MappingGroup, check_names, check_underlying, display, split_inner_path
+from .groups import split_group
+from .mapping import (
+    BAD_COMPONENTS, Mapping, MappingGroup, check_underlying, display, first_bad_name, split_inner_path,
+)
 
 PROTOCOL_VERSION = 1
 OPS = (
     "ping", "create_sandbox", "destroy_sandbox", "map", "unmap", "list", "stats", "access_report",
 )
-_BAD_COMPONENTS = (b"", b".", b"..")
 
 
 @attrs.frozen
@@ -132,7 +135,7 @@ def decode_inner_path(raw: Any, prefixes: PrefixTable, label: str) -> tuple[byte
         if not rest:
             return base
         parts = rest.split(b"/")
-        if b"\0" in rest or any(p in _BAD_COMPONENTS for p in parts):
+        if b"\0" in rest or any(p in BAD_COMPONENTS for p in parts):
             raise MappingError(f"{label}: relative path '{display(rest)}' is not a plain relative path")
         return base + tuple(parts)
     return split_inner_path(_as_bytes(raw, f"{label}: path"))
@@ -152,22 +155,47 @@ def decode_underlying(raw: Any, prefixes: PrefixTable, label: str) -> bytes:
     return check_underlying(_as_bytes(raw, f"{label}: underlying path"))
 
 
-def _decode_names(raw: Any, label: str) -> list[bytes]:
-    """A group's names: an array of str/bin, or one bin of names separated by NUL bytes."""
+def _names_blob(raw: Any, label: str) -> tuple[bytes, int]:
+    """A group's names as one NUL-separated bin, and how many there are.
+
+    They travel as one bin (what the Python client sends: split and checked
+    in C) or as an array of str/bin.
+    """
     if isinstance(raw, bytes):
-        names = raw.split(b"\0")  # one C call for the whole group
-    elif isinstance(raw, list):
+        return raw, raw.count(b"\0") + 1
+    if isinstance(raw, list):
         try:
-            b"".join(raw)
-            names = raw  # all bytes already
+            return b"\0".join(raw), len(raw)  # all bytes already
         except TypeError:
-            names = [_as_bytes(n, f"{label}: name") for n in raw]
-    else:
-        raise MappingError(f"{label}: the names of a group must be an array or a NUL-separated bin")
-    reason = check_names(names)
-    if reason:
-        raise MappingError(f"{label}: {reason}")
-    return names
+            return b"\0".join([_as_bytes(n, f"{label}: name") for n in raw]), len(raw)
+    raise MappingError(f"{label}: the names of a group must be an array or a NUL-separated bin")
+
+
+def _decode_group(item: list, prefixes: PrefixTable, label: str,
+                  index: int) -> tuple[MappingGroup, ...]:
+    """``[directory, host_directory, writable, names]`` as one MappingGroup per directory.
+
+    A name may be a relative path (``sub/dir/name``): that is how a whole
+    subtree travels as one group (``groups.split_group`` splits it).
+    """
+    path, underlying, writable, raw = item
+    blob, count = _names_blob(raw, label)
+    directory = decode_inner_path(path, prefixes, label)
+    host_dir = decode_underlying(underlying, prefixes, label)
+    groups = split_group(directory, host_dir, writable, blob, count)
+    if groups is None:
+        _refuse_names(raw, blob, directory, label, index, path, prefixes)
+    return groups
+
+
+def _refuse_names(raw: Any, blob: bytes, directory: tuple[bytes, ...], label: str, index: int,
+                  path: Any, prefixes: PrefixTable) -> None:
+    """Raise the error naming the first unusable name of a group (the slow path)."""
+    names = raw if isinstance(raw, list) else blob.split(b"\0")
+    offset, reason = first_bad_name([_as_bytes(n, label) for n in names]) or (0, "a group has no names")
+    shown = b"/" + b"/".join(directory + (_as_bytes(names[offset], label),)) if names \
+        else _display_raw(path, prefixes)
+    raise _mapping_error(label, index + offset, shown, reason)
 
 
 def decode_mappings(raw: Any, prefixes: PrefixTable, label: str) -> tuple[Mapping | MappingGroup, ...]:
@@ -175,8 +203,8 @@ def decode_mappings(raw: Any, prefixes: PrefixTable, label: str) -> tuple[Mappin
 
     An element is a mapping ``[path, underlying, writable]`` or a group
     ``[directory, host_directory, writable, names]`` (names: an array, or one
-    bin of NUL-separated names), which stands for one mapping per name and
-    counts as that many for indices.
+    bin of NUL-separated names; a name may be a relative path), which stands
+    for one mapping per name and counts as that many for indices.
     """
     if not isinstance(raw, (list, tuple)):
         raise InvalidRequestError(f"{label}: 'mappings' must be an array")
@@ -194,20 +222,23 @@ def decode_mappings(raw: Any, prefixes: PrefixTable, label: str) -> tuple[Mappin
                                  "'writable' must be true or false")
         try:
             if len(item) == 4:
-                names = _decode_names(item[3], label)
-                group = MappingGroup(decode_inner_path(path, prefixes, label),
-                                     decode_underlying(underlying, prefixes, label), writable, names)
-                out.append(group)
-                index += len(names)
+                groups = _decode_group(item, prefixes, label, index)
+                out.extend(groups)
+                index += sum(map(len, map(_NAMES, groups)))
                 continue
             comps = decode_inner_path(path, prefixes, label)
             host = decode_underlying(underlying, prefixes, label)
         except SandboxfsError as exc:
+            if "index" in exc.details:  # a group already named the member at fault
+                raise
             reason = exc.message.removeprefix(f"{label}: ")
             raise _mapping_error(label, index, _display_raw(path, prefixes), reason) from None
         out.append(Mapping(comps, host, writable))
         index += 1
     return tuple(out)
+
+
+_NAMES = itemgetter(3)
 
 
 def _display_raw(path: Any, prefixes: PrefixTable) -> Any:

@@ -338,16 +338,19 @@ class _Batch:
     """Inserts mapping specs under one holder node, all or nothing.
 
     Every store into a container is journaled so that a failure half way
-    undoes exactly what this batch did.  Scaffolds created by this batch may
+    undoes exactly what this batch did, unless the batch builds a ``detached``
+    subtree (a new sandbox): a failure then throws the whole subtree away, and
+    no node in it is known to the kernel.  Scaffolds created by this batch may
     later be turned into mappings by the same batch (so the order of mappings
     in a request does not matter); scaffolds that existed before may not.
     Directory walks are cached per batch: a group's siblings share one walk.
     """
 
-    def __init__(self, label: str, holder: ScaffoldDir, key: bytes) -> None:
+    def __init__(self, label: str, holder: ScaffoldDir, key: bytes, detached: bool = False) -> None:
         self.label = label
         self.holder = holder
         self.key = key
+        self.detached = detached
         self.journal: list[tuple[dict, Any, Any]] = []
         self.new_scaffolds: set[int] = set()
         self.changed: list[tuple[Node, bytes]] = []
@@ -357,7 +360,8 @@ class _Batch:
     # -- journal ---------------------------------------------------------------------
 
     def store(self, container: dict, name: bytes, value: Node | bytes) -> None:
-        self.journal.append((container, name, container.get(name)))
+        if not self.detached:
+            self.journal.append((container, name, container.get(name)))
         container[name] = value
 
     def undo(self) -> None:
@@ -395,12 +399,19 @@ class _Batch:
         if comps:
             parent, container = self.directory(comps[:-1], index, path)
             part = comps[-1]
-            if part not in container:
-                scaffold = ScaffoldDir()
-                self.new_scaffolds.add(id(scaffold))
-                self.store(container, part, scaffold)
-                self.note_change(parent, part)
-            node = child_of(container, part)
+            node = container.get(part)
+            if node is None:  # the common case, kept short: a new directory
+                node = ScaffoldDir()
+                if self.detached:
+                    container[part] = node
+                else:
+                    self.new_scaffolds.add(id(node))
+                    self.store(container, part, node)
+                    self.note_change(parent, part)
+                hit = self._dirs[comps] = (node, node.children)
+                return hit
+            if type(node) is bytes:
+                node = child_of(container, part)
         else:
             node = child_of(self.holder.children, self.key)
         if isinstance(node, MappedNode):
@@ -431,15 +442,19 @@ class _Batch:
 
     def insert_group(self, index: int, group: MappingGroup) -> None:
         parent, container = self.directory(group.directory, index, lambda: group.path(0))
-        names = group.names
-        if not group.writable and container.keys().isdisjoint(names):
-            # The bulk path: names are unique (checked at decode), none taken.
-            added = list(names)
-            container.update(dict.fromkeys(added, group.host_dir))
-            self.journal.append((container, added, None))
-            if parent.ino:
-                self.changed.extend((parent, name) for name in added)
-            return
+        names = group.names if type(group.names) is list else list(group.names)
+        if not group.writable and (not container or container.keys().isdisjoint(names)):
+            # The bulk path: none of the names is taken.
+            before = len(container)
+            container.update(dict.fromkeys(names, group.host_dir))
+            if len(container) == before + len(names):
+                if not self.detached:
+                    self.journal.append((container, names, None))
+                if parent.ino:
+                    self.changed.extend((parent, name) for name in names)
+                return
+            for name in names:  # a name listed twice: the loop below says which
+                container.pop(name, None)
         for offset, name in enumerate(names):
             leaf = group.host_dir if not group.writable else MappedNode(
                 group.host_dir, True, name=name)
@@ -452,7 +467,7 @@ class _Batch:
         if existing is not None:
             if not isinstance(existing, ScaffoldDir):
                 self.fail(index, path, "already mapped", AlreadyMappedError)
-            if id(existing) not in self.new_scaffolds:
+            if not self.detached and id(existing) not in self.new_scaffolds:
                 self.fail(index, path,
                           "is a scaffold directory of other mappings; map it before them or not at all",
                           AlreadyMappedError)
@@ -563,7 +578,7 @@ class Tree:
         self.detached: list[Sandbox] = []  # destroyed, not yet freed (see destroy_sandbox)
         self.mapping_count = 0
         if mappings:
-            self._apply("mount", self._holder, b"", mappings, fresh=True)
+            self._apply("mount", self._holder, b"", mappings, fresh=True, detached=True)
 
     @property
     def root(self) -> Node:
@@ -578,22 +593,28 @@ class Tree:
         fresh: bool,
         count: bool = True,
         checked: bool = False,
+        detached: bool = False,
     ) -> list:
         """Insert ``mappings`` below ``holder.children[key]``; ``fresh`` if that node is new.
 
         ``checked`` skips the existence check when the caller already ran
-        ``require_underlying`` (off the event loop).
+        ``require_underlying`` (off the event loop); ``detached`` when a
+        failure throws the whole holder away (nothing to undo).
         """
         if not checked:
             require_underlying(label, mappings)
-        batch = _Batch(label, holder, key)
+        batch = _Batch(label, holder, key, detached)
         if fresh:  # an empty new top may itself be mapped ("/" in the request)
             batch.new_scaffolds.add(id(holder.children[key]))
         index = 0
         try:
             for spec in mappings:
-                batch.insert(index, spec)
-                index += spec_size(spec)
+                if type(spec) is MappingGroup:  # most of a large request: skip a call
+                    batch.insert_group(index, spec)
+                    index += len(spec.names)
+                else:
+                    batch.insert(index, spec)
+                    index += 1
         except BaseException:
             batch.undo()
             raise
@@ -617,7 +638,7 @@ class Tree:
         self._check_name_free(raw, label)
         holder = ScaffoldDir()
         holder.children[raw] = ScaffoldDir()
-        self._apply(label, holder, raw, mappings, fresh=True, count=False)
+        self._apply(label, holder, raw, mappings, fresh=True, count=False, detached=True)
         return Sandbox(raw, holder.children[raw], count_mappings(mappings))
 
     def attach_sandbox(self, sandbox: Sandbox) -> list:

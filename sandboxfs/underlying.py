@@ -3,9 +3,9 @@
 Creating a sandbox must say which underlying path is missing, but one
 ``lstat`` per mapping (what the old Rust sandboxfs did) is the dominant cost
 of a 100,000-mapping request.  Build tools map whole toolchains whose files
-share directories, so paths are grouped by host directory: a group of a few
-names gets one ``lstat`` each; a larger group is checked against one listing
-of the directory.  Listings are cached and revalidated with one ``stat`` of
+share directories, and requests carry them grouped by host directory: a group
+of a few names gets one ``lstat`` each; a larger group is checked against one
+listing of the directory.  Listings are cached and revalidated with one ``stat`` of
 the directory (its mtime changes whenever an entry is added or removed), so
 creating the same toolchain sandbox again costs one ``stat`` per directory.
 A listing is cached only once the directory's mtime is a few seconds old, so
@@ -30,23 +30,51 @@ from .errors import describe_oserror
 LISTING_THRESHOLD = 4
 _RACY_NS = 3_000_000_000
 _MAX_CACHED_LISTINGS = 50_000
-_listings: dict[bytes, tuple[int, frozenset[bytes]]] = {}
+# A directory whose names were found in its listing keeps that list of names
+# (a toolchain's, sent again with each sandbox): the next check of the same
+# list against the same listing is one identity test, not one lookup per name.
+_MAX_COVERED = 4
 
 
-def _listing(directory: bytes) -> frozenset[bytes] | None:
+class _Listing:
+    """A directory's entry names (at modification time ``mtime``)."""
+
+    __slots__ = ("mtime", "names", "covered")
+
+    def __init__(self, mtime: int, names: frozenset[bytes]) -> None:
+        self.mtime = mtime
+        self.names = names
+        self.covered: list[Sequence[bytes]] = []  # never changed once built (MappingGroup)
+
+    def covers(self, names: Sequence[bytes]) -> bool:
+        """Whether every one of ``names`` is an entry."""
+        for known in self.covered:
+            if known is names:
+                return True
+        if not self.names.issuperset(names):
+            return False
+        if len(self.covered) < _MAX_COVERED:
+            self.covered.append(names)
+        return True
+
+
+_listings: dict[bytes, _Listing] = {}
+
+
+def _listing(directory: bytes) -> _Listing | None:
     try:
         mtime = os.stat(directory).st_mtime_ns
         cached = _listings.get(directory)
-        if cached is not None and cached[0] == mtime:
-            return cached[1]
-        names = frozenset(os.listdir(directory))
+        if cached is not None and cached.mtime == mtime:
+            return cached
+        listing = _Listing(mtime, frozenset(os.listdir(directory)))
     except OSError:
         return None  # the per-name lstat says exactly why
     if time.time_ns() - mtime > _RACY_NS:
         if len(_listings) >= _MAX_CACHED_LISTINGS:
             _listings.clear()
-        _listings[directory] = (mtime, names)
-    return names
+        _listings[directory] = listing
+    return listing
 
 
 def _join(directory: bytes, name: bytes) -> bytes:
@@ -57,24 +85,32 @@ def find_missing(entries: Iterable[tuple[bytes, Sequence[bytes]]]) -> dict[int, 
     """Return ``{index: reason}`` for each missing path (lstat semantics).
 
     ``entries`` are (host directory, names) in request order; indices count
-    names across all entries.  An empty name stands for the directory itself.
-    A symlink counts as existing even when dangling: it is mapped as itself.
+    names across all entries, and entries of one directory share its listing.
+    An empty name stands for the directory itself.  A symlink counts as
+    existing even when dangling: it is mapped as itself.  A 100,000-mapping
+    request has thousands of entries, so each costs a few dict steps.
     """
-    by_directory: dict[bytes, list[tuple[int, Sequence[bytes]]]] = {}
+    # directory -> [name count, index, names, index, names, ...]
+    by_directory: dict[bytes, list] = {}
     index = 0
     for directory, names in entries:
-        by_directory.setdefault(directory, []).append((index, names))
+        found = by_directory.get(directory)
+        if found is None:
+            by_directory[directory] = [len(names), index, names]
+        else:
+            found[0] += len(names)
+            found += (index, names)
         index += len(names)
 
     missing: dict[int, str] = {}
-    for directory, parts in by_directory.items():
-        count = sum(len(names) for _, names in parts)
-        listing = _listing(directory) if count >= LISTING_THRESHOLD else None
-        for base, names in parts:
-            if listing is not None and listing.issuperset(names):
+    for directory, found in by_directory.items():
+        listing = _listing(directory) if found[0] >= LISTING_THRESHOLD else None
+        for at in range(1, len(found), 2):
+            base, names = found[at], found[at + 1]
+            if listing is not None and listing.covers(names):
                 continue
             for offset, name in enumerate(names):
-                if listing is not None and name in listing:
+                if listing is not None and name in listing.names:
                     continue
                 try:
                     os.lstat(_join(directory, name) if name else directory)

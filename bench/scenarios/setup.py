@@ -2,10 +2,15 @@
 
 Every round builds and removes one sandbox with each strategy, in rotated order;
 ratios to the Python symlink forest are computed round by round.  sandboxfs's
-create and destroy round trips are also kept apart.
+create and destroy round trips are also kept apart, and create is also timed
+for the same inputs in an order the server has not seen (so its cache of
+recent group splits cannot answer: what the first action with a new
+toolchain pays).
 """
 
 from __future__ import annotations
+
+import attrs
 
 from bench.measure import Progress, Timer, paired_ratio, rounds, summary
 from bench.strategies import Spec
@@ -25,7 +30,7 @@ def run(env, config, progress: Progress) -> dict:
     strategies = [env.strategy(name) for name in
                   ("symlink_py", "symlink_cp", "hardlink", "copy", "sandboxfs")]
     samples: dict[str, dict[str, list[float]]] = {s.name: {} for s in strategies}
-    parts: dict[str, dict[str, list[float]]] = {"create": {}, "destroy": {}}
+    parts: dict[str, dict[str, list[float]]] = {"create": {}, "destroy": {}, "create_new_order": {}}
     for n in config.setup_sizes:
         spec = Spec(env.toolchain.root, tuple(env.toolchain.leaf_dirs(n)),
                     tuple(env.toolchain.relative(n)))
@@ -49,6 +54,7 @@ def run(env, config, progress: Progress) -> dict:
                     samples[name][str(n)].append(t)
             progress.step(f"N={n} round {r + 1}{' (warm-up)' if warm else ''}: " + ", ".join(
                 f"{name} {t * 1000:.1f} ms" for name, t in took.items()), _weight(n))
+        parts["create_new_order"][str(n)] = _creates_in_new_orders(env, spec, config.repeats, n)
     rows = []
     for n in config.setup_sizes:
         base = samples[BASELINE][str(n)]
@@ -60,3 +66,20 @@ def run(env, config, progress: Progress) -> dict:
                          "speedup_vs_symlink_py": paired_ratio(base, mine)})
     return {"sizes": config.setup_sizes, "samples": samples, "sandboxfs_parts": parts,
             "rows": rows}
+
+
+def _creates_in_new_orders(env, spec: Spec, count: int, n: int) -> list[float]:
+    """create_sandbox times for ``spec``'s inputs rotated by 1, 2, ... places: the same
+    files, in orders never sent before."""
+    sandboxfs = env.strategy("sandboxfs")
+    took = []
+    for r in range(min(count, n - 1)):
+        shift = r + 1
+        rotated = attrs.evolve(spec, tree_files=spec.tree_files[shift:] + spec.tree_files[:shift])
+        sandboxfs.mapping_list(rotated)  # made before timing, as for every strategy
+        ident = f"s{n}new{r}"
+        with Timer() as create:
+            sandboxfs.setup(ident, rotated)
+        sandboxfs.teardown(ident, rotated)
+        took.append(create.elapsed)
+    return took

@@ -445,6 +445,9 @@ def wrong_type_cases() -> list:
 SHAPE = "must be [path, underlying, writable] or [directory, host_directory, writable, [names]]"
 
 
+BAD_NAME = "a name is empty, '.' or '..', or has such a component"
+
+
 def mapping_err(index: int, path: str, reason: str, label: str = f"create_sandbox '{VICTIM}'",
                 **details: Any) -> Err:
     """invalid_mapping naming the request, the mapping's flat index and path, and the reason."""
@@ -581,13 +584,19 @@ COLLISIONS = [
     case(create_victim([["/d/file", h("file")], ["/d", h(""), False, ["dir", "file"]]]),
          expect=mapping_err(2, "/d/file", "already mapped"), id="duplicate-of-a-group-member"),
     case(create_victim([["/d", h("many"), False, ["f001", "f002", "f001"]]]),
-         expect=mapping_err(0, "/d", "a name is listed twice"), id="duplicate-name-in-a-group"),
+         expect=mapping_err(2, "/d/f001", "already mapped"), id="duplicate-name-in-a-group"),
     case(create_victim([["/d", h("many"), False, b"f001\0f002\0f001"]]),
-         expect=mapping_err(0, "/d", "a name is listed twice"), id="duplicate-name-in-a-bin-group"),
+         expect=mapping_err(2, "/d/f001", "already mapped"), id="duplicate-name-in-a-bin-group"),
+    case(create_victim([["/d", h(""), False, b"many/f001\0many/f002\0many/f001"]]),
+         expect=mapping_err(2, "/d/many/f001", "already mapped"), id="duplicate-path-in-a-subtree-group"),
     case(create_victim([["/d", h("many"), False, ["f001", "../x"]]]),
-         expect=mapping_err(0, "/d", "a name contains '/'"), id="group-name-with-slash"),
+         expect=mapping_err(1, "/d/../x", BAD_NAME), id="group-name-climbing-out"),
+    case(create_victim([["/d", h(""), False, ["many/f001", "many/./f002"]]]),
+         expect=mapping_err(1, "/d/many/./f002", BAD_NAME), id="group-name-with-a-dot-component"),
+    case(create_victim([["/d", h(""), False, b"many/f001\0/etc/passwd"]]),
+         expect=mapping_err(1, "/d//etc/passwd", BAD_NAME), id="group-name-absolute"),
     case(create_victim([["/d", h("many"), False, b"f001\0\0f002"]]),
-         expect=mapping_err(0, "/d", "a name is empty, '.' or '..'"), id="group-empty-name"),
+         expect=mapping_err(1, "/d/", BAD_NAME), id="group-empty-name"),
     case(create_victim([["/", h("file")]]),
          expect=mapping_err(0, "/", "the top of a mount or sandbox must be a directory: "
                                     "@HOST@/file: ENOTDIR (Not a directory)"),

@@ -354,6 +354,35 @@ def test_large_sandbox_of_20000_mappings_in_one_request(mount, client, workdir):
     assert client.stats()["mappings"] == 0
 
 
+def test_a_subtree_group_shows_every_level_as_sent(mount, client, workdir):
+    """The client sends these as one group of relative paths (plus one lone
+    renamed mapping); the server splits it by directory, including a directory
+    that comes back later and a mapped directory with a file mapped below it."""
+    host = workdir / "tc"
+    files = ["top.h", "inc/a.h", "inc/sys/b.h", "lib/libc.a", "inc/c.h", "share/x/y/z.txt"]
+    for rel in files:
+        (host / rel).parent.mkdir(parents=True, exist_ok=True)
+        (host / rel).write_bytes(rel.encode())
+    (host / "share/x/other").write_bytes(b"unmapped sibling")
+    mappings = [(f"/tc/{rel}", str(host / rel)) for rel in files]
+    mappings[4:4] = [("/tc/share/x", str(host / "share/x")), ("/bin/cc", "/usr/bin/env")]
+
+    client.create_sandbox("sub", mappings)
+
+    top = mount / "sub"
+    assert sorted(os.listdir(top / "tc")) == ["inc", "lib", "share", "top.h"]
+    assert sorted(os.listdir(top / "tc/inc")) == ["a.h", "c.h", "sys"]
+    for rel in files:
+        assert (top / "tc" / rel).read_bytes() == rel.encode()
+    # /tc/share/x is a mapped directory: its unmapped host entries show too,
+    # next to the scaffold "y" that leads to the mapping below it.
+    assert sorted(os.listdir(top / "tc/share/x")) == ["other", "y"]
+    assert (top / "tc/share/x/other").read_bytes() == b"unmapped sibling"
+    assert (top / "bin/cc").read_bytes() == Path("/usr/bin/env").read_bytes()
+    assert client.list() == [{"name": "sub", "mappings": len(mappings)}]
+    client.destroy_sandbox("sub")
+
+
 READ_LOOP_SCRIPT = """
 import json, os, sys, time
 stop, expected = sys.argv[1], json.loads(sys.argv[2])

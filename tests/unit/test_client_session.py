@@ -1,9 +1,9 @@
 """Tests of the client's protocol logic (sandboxfs.client._Session) and of AsyncClient
 against a real ControlServer over in-memory trio streams (no socket, no mount).
 
-Covers how mappings are put on the wire (groups for mappings that share both
-parent directories, writability and basename; ``[path, underlying, w]`` for
-the rest), the per-connection prefix table (sent once, re-sent after an error
+Covers how mappings are put on the wire (one group per run of mappings below
+one pair of roots with one writability; ``[path, underlying, w]`` for the
+rest, in the caller's order), the per-connection prefix table (sent once, re-sent after an error
 response, never re-numbered onto an id the server already holds), and how
 responses become results or the typed exceptions of ``sandboxfs.errors``.
 """
@@ -74,7 +74,7 @@ def round_trip(session: _Session, server: PureServer, op: str, **fields: Any) ->
 # -- encoding mappings ---------------------------------------------------------------
 
 
-def test_mappings_sharing_parents_writability_and_basename_form_a_group():
+def test_mappings_below_one_pair_of_roots_form_one_group():
     table: dict[int, bytes] = {}
     wire = _Session().encode_mappings(
         [("/inc/a.h", "/usr/include/a.h"), ("/inc/b.h", "/usr/include/b.h", False),
@@ -84,49 +84,84 @@ def test_mappings_sharing_parents_writability_and_basename_form_a_group():
     assert wire == [[[1, b""], [2, b""], False, b"a.h\0b.h\0c.h"]]
 
 
-def test_writability_splits_groups():
+def test_a_whole_subtree_is_one_group_of_relative_paths():
     table: dict[int, bytes] = {}
     wire = _Session().encode_mappings(
-        [("/d/a", "/h/a", True), ("/d/b", "/h/b"), ("/d/c", "/h/c", True)], table)
-    assert wire == [[[1, b""], [2, b""], True, b"a\0c"],
-                    [[1, b""], [2, b""], False, b"b"]]
+        [("/tc/bin/cc", "/opt/tc-1.2/bin/cc"), ("/tc/include/sys/a.h", "/opt/tc-1.2/include/sys/a.h"),
+         ("/tc/lib/libc.so", "/opt/tc-1.2/lib/libc.so")], table)
+    assert table == {1: b"/tc", 2: b"/opt/tc-1.2"}
+    assert wire == [[[1, b""], [2, b""], False, b"bin/cc\0include/sys/a.h\0lib/libc.so"]]
 
 
-def test_different_basename_travels_alone_with_compressed_paths():
+def test_roots_are_as_short_as_both_paths_allow():
+    """/src/main.c from /ws/src/main.c: the sandbox root shows /ws."""
     table: dict[int, bytes] = {}
-    wire = _Session().encode_mappings([("/bin/cc", "/usr/bin/gcc", True)], table)
-    assert table == {1: b"/bin", 2: b"/usr/bin"}
-    assert wire == [[[1, b"cc"], [2, b"gcc"], True]]
+    wire = _Session().encode_mappings([("/src/main.c", "/ws/src/main.c"),
+                                       ("/include/x.h", "/ws/include/x.h")], table)
+    assert table == {1: b"/", 2: b"/ws"}
+    assert wire == [[[1, b""], [2, b""], False, b"src/main.c\0include/x.h"]]
 
 
-def test_different_parent_directories_make_different_groups():
+def test_runs_keep_the_callers_order():
     table: dict[int, bytes] = {}
-    wire = _Session().encode_mappings([("/a/x", "/h/x"), ("/b/x", "/h/x"), ("/a/y", "/g/y")],
-                                      table)
-    assert len(wire) == 3
-    assert {entry[3] for entry in wire} == {b"x", b"y"}
+    wire = _Session().encode_mappings(
+        [("/d/a", "/h/a", True), ("/d/b", "/h/b"), ("/d/c", "/h/c"), ("/d/e", "/h/e", True)], table)
+    assert wire == [[[1, b""], [2, b""], True, b"a"], [[1, b""], [2, b""], False, b"b\0c"],
+                    [[1, b""], [2, b""], True, b"e"]]
+
+
+def test_a_mapping_that_fits_no_run_travels_alone_in_place():
+    table: dict[int, bytes] = {}
+    wire = _Session().encode_mappings(
+        [("/tc/a", "/opt/a"), ("/tc/b", "/opt/b"), ("/bin/cc", "/usr/bin/gcc", True),
+         ("/tc/c", "/opt/c"), ("/tc/d", "/opt/d")], table)
+    assert table == {1: b"/tc", 2: b"/opt", 3: b"/bin", 4: b"/usr/bin"}
+    assert wire == [[[1, b""], [2, b""], False, b"a\0b"], [[3, b"cc"], [4, b"gcc"], True],
+                    [[1, b""], [2, b""], False, b"c\0d"]]
 
 
 @pytest.mark.parametrize(
     "mapping, expected",
     [
         (("/", "/h"), [b"/", b"/h", False]),
-        (("/x", "/x"), [b"/x", b"/x", False]),
         (("/a/x", "/"), [[1, b"x"], b"/", False]),
         (("/a/", "/h/a/"), [b"/a/", b"/h/a/", False]),
+        (("rel", "/h/rel"), [b"rel", [1, b"rel"], False]),
+        (("/a\0/x", "/h/x"), [[1, b"x"], [2, b"x"], False]),
     ],
-    ids=["root path", "top-level on both sides", "host root", "trailing slashes"],
+    ids=["root path", "host root", "trailing slashes", "relative", "NUL"],
 )
-def test_paths_without_a_parent_or_name_travel_whole(mapping, expected):
+def test_paths_that_fit_no_roots_travel_alone(mapping, expected):
     table: dict[int, bytes] = {}
     wire = _Session().encode_mappings([mapping], table)
     assert wire == [expected]
+
+
+def test_the_same_path_on_both_sides_is_a_group_at_the_roots():
+    table: dict[int, bytes] = {}
+    assert _Session().encode_mappings([("/x", "/x")], table) == [[[1, b""], [1, b""], False, b"x"]]
+    assert table == {1: b"/"}
+
+
+def test_a_trailing_slash_inside_a_run_sends_that_mapping_alone():
+    """The server tolerates one trailing slash on a whole path, not inside a group."""
+    table: dict[int, bytes] = {}
+    wire = _Session().encode_mappings([("/d/a", "/h/a"), ("/d/b/", "/h/b/")], table)
+    assert wire == [[[1, b""], [2, b""], False, b"a"], [b"/d/b/", b"/h/b/", False]]
 
 
 def test_non_utf8_paths_stay_bytes():
     table: dict[int, bytes] = {}
     wire = _Session().encode_mappings([(b"/d/\xff", b"/h/\xff")], table)
     assert wire == [[[1, b""], [2, b""], False, b"\xff"]]
+
+
+def test_writable_values_are_sent_as_booleans():
+    table: dict[int, bytes] = {}
+    wire = _Session().encode_mappings([("/d/a", "/h/a", 1), ("/d/b", "/h/b", True),
+                                       ("/d/c", "/h/c", None)], table)
+    assert [entry[2] for entry in wire] == [True, False]
+    assert all(type(entry[2]) is bool for entry in wire)
 
 
 def test_request_fields():
@@ -324,7 +359,7 @@ async def test_async_client_recovers_after_a_failed_request(host):
 
 
 async def test_error_index_is_the_callers_index(host):
-    """Grouping reorders mappings on the wire; the error still names the caller's mapping."""
+    """Runs travel as groups; an error still names the caller's mapping and its path."""
     async with client_for(Tree()) as client:
         with pytest.raises(MappingError) as info:
             await client.create_sandbox("s", [
@@ -334,6 +369,18 @@ async def test_error_index_is_the_callers_index(host):
             ])
     assert info.value.details["path"] == "/bin/x"
     assert info.value.details["index"] == 1
+
+
+async def test_a_missing_file_inside_a_subtree_group_is_named_exactly(host):
+    mappings = [(f"/tc/{d}/{n}", str(host / d / n)) for d in ("inc", "bin", "lib") for n in "abc"]
+    mappings[7] = ("/tc/lib/zz", str(host / "lib" / "zz"))
+    async with client_for(Tree()) as client:
+        with pytest.raises(MappingError) as info:
+            await client.create_sandbox("s", mappings)
+        assert (await client.create_sandbox("t", mappings[:7]))["mappings"] == 7
+    assert info.value.details["index"] == 7
+    assert info.value.details["path"] == "/tc/lib/zz"
+    assert "does not exist" in info.value.details["reason"]
 
 
 def test_building_a_request_pauses_the_gc_and_restores_its_state():

@@ -16,6 +16,7 @@ from sandboxfs.mapping import (
     Mapping,
     MappingGroup,
     check_names,
+    first_bad_name,
     check_underlying,
     parse_mapping_flag,
     spec_size,
@@ -214,33 +215,54 @@ def test_mapping_group_at_root():
     assert group.path(0) == b"/sh"
 
 
+def names_reason(names: list[bytes]) -> str | None:
+    return check_names(b"\0".join(names), len(names))
+
+
 @pytest.mark.parametrize(
     "names",
-    [[b"a"], [b"a", b"b"], [b".a", b"..b", b"..."], [b"caf\xe9"]],
+    [[b"a"], [b"a", b"b"], [b".a", b"..b", b"..."], [b"caf\xe9"],
+     [b"sub/a", b"sub/deeper/b", b"c"], [b"a/...", b"a./.b"]],
 )
 def test_check_names_accepts(names):
-    assert check_names(names) is None
+    assert names_reason(names) is None
+
+
+BAD = "a name is empty, '.' or '..', or has such a component"
 
 
 @pytest.mark.parametrize(
     "names, reason",
     [
-        ([b"a", b"b", b"a"], "a name is listed twice"),
-        ([b"a", b""], "a name is empty, '.' or '..'"),
-        ([b"."], "a name is empty, '.' or '..'"),
-        ([b"x", b".."], "a name is empty, '.' or '..'"),
+        ([b"a", b""], BAD),
+        ([b"."], BAD),
+        ([b"x", b".."], BAD),
         ([b"a\0b"], "a name contains a NUL byte"),
-        ([b"a", b"b/c"], "a name contains '/'"),
-        ([b"/"], "a name contains '/'"),
+        ([b"/"], BAD),
+        ([b"/a"], BAD),
+        ([b"a/"], BAD),
+        ([b"a//b"], BAD),
+        ([b"a/./b"], BAD),
+        ([b"a/.."], BAD),
+        ([b"../a"], BAD),
     ],
 )
 def test_check_names_refuses(names, reason):
-    assert check_names(names) == reason
+    assert names_reason(names) == reason
+
+
+@pytest.mark.parametrize(
+    "names, found",
+    [([b"a", b"b/c", b"d//e", b".."], (2, BAD)), ([b"a", b"b\0"], (1, "a name contains a NUL byte")),
+     ([b"a", b"b"], None)],
+)
+def test_first_bad_name_finds_the_first_culprit(names, found):
+    assert first_bad_name(names) == found
 
 
 def test_check_names_of_empty_group_gives_a_true_reason():
     # An empty group maps nothing but would still make scaffolds for its
     # directory, so refusing it is right; the reason must not blame a '/'.
-    reason = check_names([])
+    reason = check_names(b"", 0)
     assert reason is not None
     assert "'/'" not in reason

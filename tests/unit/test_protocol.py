@@ -406,10 +406,10 @@ def test_group_with_prefixes():
 @pytest.mark.parametrize(
     "names, reason",
     [
-        (["a", "b", "a"], "twice"),
-        (["a", b"a"], "twice"),
-        (["a/b"], "'/'"),
-        (["/a"], "'/'"),
+        (["a//b"], "component"),
+        (["/a"], "component"),
+        (["a/"], "component"),
+        (["a/../b"], "'..'"),
         ([""], "empty"),
         (["."], "'.'"),
         ([".."], "'..'"),
@@ -419,6 +419,39 @@ def test_group_with_prefixes():
 def test_bad_group_names(names, reason):
     err = refused(mapping_request(["/d", "/h", False, names]), error=MappingError)
     assert reason in err.details["reason"]
+
+
+def test_a_name_listed_twice_is_left_to_the_tree():
+    """The tree refuses it as "already mapped" at its exact index (test_tree)."""
+    request = decode(mapping_request(["/d", "/h", False, ["a", "b", "a"]]))
+    assert flat(request.mappings) == [((b"d", b"a"), b"/h/a", False), ((b"d", b"b"), b"/h/b", False),
+                                      ((b"d", b"a"), b"/h/a", False)]
+
+
+# -- groups carrying a subtree: names that are relative paths ---------------------------
+
+
+def test_subtree_group_splits_into_one_group_per_directory_in_order():
+    request = decode(mapping_request(
+        ["/tc", "/opt/tc", False, b"top.h\0inc/a.h\0inc/b.h\0inc/sys/c.h\0inc/d.h"]))
+    assert [(g.directory, g.host_dir, list(g.names)) for g in request.mappings] == [
+        ((b"tc",), b"/opt/tc", [b"top.h"]),
+        ((b"tc", b"inc"), b"/opt/tc/inc", [b"a.h", b"b.h"]),
+        ((b"tc", b"inc", b"sys"), b"/opt/tc/inc/sys", [b"c.h"]),
+        ((b"tc", b"inc"), b"/opt/tc/inc", [b"d.h"]),
+    ]
+
+
+def test_subtree_group_at_both_roots():
+    request = decode(mapping_request(["/", "/", True, ["usr/bin/cc", "etc/hosts"]]))
+    assert flat(request.mappings) == [((b"usr", b"bin", b"cc"), b"/usr/bin/cc", True),
+                                      ((b"etc", b"hosts"), b"/etc/hosts", True)]
+
+
+def test_subtree_group_counts_one_index_per_name():
+    err = refused(mapping_request(["/tc", "/h", False, b"a/x\0b/y\0c/z"], ["rel", "/h"]),
+                  error=MappingError)
+    assert err.details["index"] == 3
 
 
 def test_empty_group_is_refused_with_a_true_reason():
@@ -446,11 +479,12 @@ def test_index_counts_the_mappings_of_groups():
     assert err.details["path"] == "x"
 
 
-def test_index_of_a_bad_group_is_its_first_mapping():
+def test_index_of_a_bad_group_member_is_its_own():
     err = refused(mapping_request(["/a", "/h"], ["/d", "/h", False, ["a", "b"]],
-                                  ["/e", "/h", False, ["a", "a"]]),
+                                  ["/e", "/h", False, ["a", "b/c", "x//y", ".."]]),
                   error=MappingError)
-    assert err.details["index"] == 3
+    assert err.details["index"] == 5
+    assert err.details["path"] == "/e/x//y"
 
 
 def test_prefixed_path_is_shown_resolved_in_errors():
@@ -582,15 +616,10 @@ def test_group_names_as_one_nul_separated_bin():
 
 
 @pytest.mark.parametrize(
-    "blob, reason",
-    [
-        (b"a\0\0b", "a name is empty, '.' or '..'"),
-        (b"a\0a", "a name is listed twice"),
-        (b"a/b\0c", "a name contains '/'"),
-        (b"..", "a name is empty, '.' or '..'"),
-    ],
+    "blob, index",
+    [(b"a\0\0b", 1), (b"a/\0c", 0), (b"..", 0), (b"a\0b/./c", 1)],
 )
-def test_bad_names_in_a_bin_group_are_refused(blob, reason):
+def test_bad_names_in_a_bin_group_are_refused(blob, index):
     err = refused(mapping_request(["/inc", "/usr/include", False, blob]), error=MappingError)
-    assert reason in err.message
-    assert err.details["index"] == 0
+    assert "a name is empty, '.' or '..', or has such a component" in err.message
+    assert err.details["index"] == index

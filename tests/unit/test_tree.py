@@ -1052,6 +1052,16 @@ def test_group_name_already_mapped(host, writable):
     assert_unchanged(tree, before)
 
 
+def test_group_name_listed_twice_is_refused_at_its_second_index(host):
+    tree = Tree()
+    tree.create_sandbox("s", [m("/keep", host / "file")])
+    before = snapshot(tree)
+    error = raises(AlreadyMappedError, tree.map, "s",
+                   [group("/inc", host / "dir", ["a", "sub", "a"])])
+    assert error.message == "map 's': mapping 2 (/inc/a): already mapped"
+    assert_unchanged(tree, before)
+
+
 def test_group_name_onto_existing_scaffold(host):
     tree = Tree()
     tree.create_sandbox("s", [m("/inc/sub/deep", host / "file")])
