@@ -1062,6 +1062,20 @@ def test_group_name_listed_twice_is_refused_at_its_second_index(host):
     assert_unchanged(tree, before)
 
 
+def test_groups_shared_by_sandboxes_are_never_changed(host):
+    """groups.py hands the same MappingGroups to every sandbox built from one cached split."""
+    shared = [group("/inc", host / "dir", ["a", "b", "sub"]), group("/x", host, ["file", "other"])]
+    copies = [(g.directory, g.host_dir, g.writable, list(g.names)) for g in shared]
+    tree = Tree()
+    tree.create_sandbox("s1", shared)
+    tree.create_sandbox("s2", shared)
+    tree.unmap("s1", [comps("/inc/a"), comps("/x/file")])
+    raises(AlreadyMappedError, tree.map, "s2", [m("/y", host / "file")] + shared)
+    tree.destroy_sandbox("s1")
+    assert [(g.directory, g.host_dir, g.writable, list(g.names)) for g in shared] == copies
+    assert sorted(sandbox_top(tree, "s2").children[b"inc"].children) == [b"a", b"b", b"sub"]
+
+
 def test_group_name_onto_existing_scaffold(host):
     tree = Tree()
     tree.create_sandbox("s", [m("/inc/sub/deep", host / "file")])

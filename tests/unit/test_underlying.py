@@ -255,3 +255,48 @@ def test_cached_listing_of_directory_that_vanished(tmp_path):
         (d / os.fsdecode(name)).unlink()
     d.rmdir()
     assert find_missing(big_request(d, names)) == {i: ENOENT for i in range(len(names))}
+
+
+# -- name lists a cached listing already covered ---------------------------------------------
+
+
+def test_a_covered_name_list_is_not_looked_up_again(tmp_path, monkeypatch):
+    d = tmp_path / "d"
+    names = make_files(d, [f"f{i}" for i in range(LISTING_THRESHOLD)])
+    age(d)
+    assert find_missing(big_request(d, names)) == {}
+    lookups = []
+
+    class Spy(frozenset):
+        def issuperset(self, other):
+            lookups.append(other)
+            return frozenset.issuperset(self, other)
+
+    listing = underlying._listings[b(d)]
+    listing.names = Spy(listing.names)
+    assert find_missing(big_request(d, names)) == {}  # the same list object: known
+    assert lookups == []
+    assert find_missing(big_request(d, list(names))) == {}  # an equal copy: looked up
+    assert len(lookups) == 1
+
+
+def test_a_covered_name_list_is_checked_again_once_the_directory_changes(tmp_path):
+    d = tmp_path / "d"
+    names = make_files(d, [f"f{i}" for i in range(LISTING_THRESHOLD)])
+    age(d)
+    assert find_missing(big_request(d, names)) == {}
+    (d / "f1").unlink()
+    age(d, 30)  # a new mtime, still old enough to be cached
+    assert find_missing(big_request(d, names)) == {1: ENOENT}
+
+
+def test_a_listing_remembers_only_a_few_name_lists(tmp_path):
+    d = tmp_path / "d"
+    names = make_files(d, [f"f{i}" for i in range(LISTING_THRESHOLD)])
+    age(d)
+    lists = [list(names) for _ in range(underlying._MAX_COVERED + 3)]
+    for each in lists:
+        assert find_missing(big_request(d, each)) == {}
+    covered = underlying._listings[b(d)].covered
+    assert len(covered) == underlying._MAX_COVERED
+    assert all(any(known is each for each in lists) for known in covered)
