@@ -224,6 +224,7 @@ def _stall_text(stall: dict) -> str:
     lst = stall["listings"]
     return (f"Responsiveness: while a sandbox of {stall['mappings']:,} mappings was created "
             f"({stall['create_seconds'] * 1000:,.0f} ms), {lst['n']:,} listings of another sandbox "
+            "(from another process) "
             f"took {lst['median'] * 1e6:,.0f} µs median and {lst['max'] * 1000:,.1f} ms at worst "
             "(the server's single event loop stalls for the longest uninterrupted step).")
 

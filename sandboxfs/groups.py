@@ -29,7 +29,7 @@ from .mapping import BAD_COMPONENTS, MappingGroup
 # Groups with fewer names are split each time (cheap); a cache entry holds a
 # few bytes per name plus the names themselves (shared with live sandboxes).
 CACHED_MIN_NAMES = 1000
-CACHE_MAX_NAMES = 400_000
+CACHE_MAX_NAMES = 250_000
 
 _DIRECTORY, _SEPARATOR, _NAME = itemgetter(0), itemgetter(1), itemgetter(2)
 

@@ -5,14 +5,16 @@
 * create+destroy cycles per second for sandboxes of ``scale_cycle_inputs`` inputs,
   idle and while two gcc processes compile in a loop (latency under load);
 * stall: the worst latency of a directory listing in one sandbox (readdir is
-  never cached by the kernel, so each one is a FUSE request) while another
-  sandbox of the largest size is created.
+  never cached by the kernel, so each one is a FUSE request), from another
+  process, while another sandbox of the largest size is created.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import threading
 import time
 
@@ -57,30 +59,39 @@ def _cycles(client, mappings, cycles: int) -> list[float]:
     return latencies
 
 
+# Lists a directory until a file appears, then prints the latencies (s) as JSON.  A child
+# process: in a thread of ours it would also wait for our own client's work (it holds the
+# GIL while it encodes the big request) and measure that instead of the server.
+LISTING_LOOP = """
+import json, os, sys, time
+probe, stop = sys.argv[1], sys.argv[2]
+latencies = []
+while not os.path.exists(stop):
+    start = time.perf_counter()
+    os.listdir(probe)
+    latencies.append(time.perf_counter() - start)
+print(json.dumps(latencies))
+"""
+
+
 def _stall(env, client) -> dict:
-    """Listing latency in a small sandbox while a big one is created."""
+    """Listing latency in a small sandbox, from another process, while a big one is created."""
     client.create_sandbox("probe", [("/f", env.toolchain.inputs[0])])
     probe = env.mount.mount_point / "probe"
+    stop = env.workdir / "stall.stop"
     mappings = _mappings(env, len(env.toolchain.inputs))
-    latencies: list[float] = []
-    done = threading.Event()
-
-    def list_loop() -> None:
-        while not done.is_set():
-            with Timer() as t:
-                os.listdir(probe)
-            latencies.append(t.elapsed)
-
-    worker = threading.Thread(target=list_loop)
-    worker.start()
+    lister = subprocess.Popen([sys.executable, "-c", LISTING_LOOP, str(probe), str(stop)],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.2)
+        time.sleep(0.5)  # started and listing
         with Timer() as created:
             client.create_sandbox("big", mappings)
         time.sleep(0.2)
     finally:
-        done.set()
-        worker.join()
+        stop.touch()
+        out, _ = lister.communicate(timeout=60)
+        stop.unlink()
+    latencies = json.loads(out)
     client.destroy_sandbox("big")
     client.destroy_sandbox("probe")
     return {"mappings": len(mappings), "create_seconds": created.elapsed,
