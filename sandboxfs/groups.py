@@ -66,29 +66,25 @@ def _split(directory: tuple[bytes, ...], host_dir: bytes, writable: bool,
     if b"/" not in blob:
         if not BAD_COMPONENTS.isdisjoint(names):
             return None
-        return (_new_group(directory, host_dir, writable, names),)
+        return (tuple.__new__(MappingGroup, (directory, host_dir, writable, names)),)
     host_base = host_dir if host_dir != b"/" else b""
     groups = []
+    add, new, bad = groups.append, tuple.__new__, BAD_COMPONENTS.isdisjoint  # once per directory
     for sub, run in groupby(map(bytes.rpartition, names, repeat(b"/")), _DIRECTORY):
         if sub:
             run_names = list(map(_NAME, run))
             comps = sub.split(b"/")
-            if not BAD_COMPONENTS.isdisjoint(comps) or not BAD_COMPONENTS.isdisjoint(run_names):
+            if not bad(comps) or not bad(run_names):
                 return None
-            groups.append(_new_group(directory + tuple(comps), host_base + b"/" + sub, writable,
-                                     run_names))
+            add(new(MappingGroup, (directory + tuple(comps), host_base + b"/" + sub, writable,
+                                   run_names)))
         else:  # top-level names, and "/name", which rpartition also puts here
             members = list(run)
             run_names = list(map(_NAME, members))
-            if any(map(_SEPARATOR, members)) or not BAD_COMPONENTS.isdisjoint(run_names):
+            if any(map(_SEPARATOR, members)) or not bad(run_names):
                 return None
-            groups.append(_new_group(directory, host_dir, writable, run_names))
+            add(new(MappingGroup, (directory, host_dir, writable, run_names)))
     return tuple(groups)
-
-
-def _new_group(*fields) -> MappingGroup:
-    """A MappingGroup built without the Python-level ``__new__`` of a NamedTuple."""
-    return tuple.__new__(MappingGroup, fields)
 
 
 def _remember(key: _Key, groups: tuple[MappingGroup, ...], count: int) -> None:
