@@ -3,9 +3,10 @@
 Both speak the control protocol (docs/protocol.md) over the mount's Unix
 socket and have the same methods; errors come back as the typed exceptions of
 ``sandboxfs.errors`` (``SandboxExistsError``, ``NotFoundError``,
-``MappingError``, ...).  Paths are prefix-compressed automatically: each
-mapping's parent directories (inside the sandbox and on the host) are sent
-once per connection as a numbered prefix, and each path as (prefix, name).
+``MappingError``, ...).  Paths are prefix-compressed automatically: a run
+of mappings below one pair of roots (a toolchain) travels as one group of
+relative paths under two numbered prefixes, registered once per connection
+(``runs.py``), and a session recognises the runs it sent before.
 
     from sandboxfs.client import Client
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from operator import itemgetter
 from typing import Any, AsyncIterator, Iterable, Iterator, Sequence, Union
 
 import trio
@@ -32,6 +32,7 @@ from .errors import ProtocolError, error_for_code
 from .framing import MessageReader, encode
 from .gcpause import paused_gc
 from .mapping import Mapping
+from .runs import KnownRuns, columns, normalized, subtree
 
 PathArg = Union[str, bytes, os.PathLike]
 # A mapping as callers write it: a Mapping, or (path, underlying[, writable]).
@@ -48,6 +49,7 @@ class _Session:
         self._next_prefix = 1  # never reused: the server may hold ids of failed requests
         self._prefix_ids: dict[bytes, int] = {}
         self._sent_now: list[bytes] = []
+        self._known_runs = KnownRuns()
         self.reader = MessageReader()
 
     def _compress(self, path: bytes, table: dict[int, bytes]) -> list | bytes:
@@ -59,50 +61,71 @@ class _Session:
     def encode_mappings(self, mappings: Iterable[MappingArg], table: dict[int, bytes]) -> list:
         """The wire form of ``mappings``, in the caller's order (so error indices are the caller's).
 
-        A run of mappings that all show ``host_root/REST`` at ``inner_root/REST``
-        with one writability travels as one group,
-        ``[inner_root, host_root, writable, b"REST1\\0REST2..."]``: a toolchain of
-        100,000 files is one group, found and encoded with C-level string
-        operations (joins, counts, replaces) and no Python step per mapping.
-        Runs are found by halving a range until each half is one (halves of
-        one run join up again); a mapping that fits no run goes alone as
+        Runs of mappings below one pair of roots travel as one group each
+        (``runs.py``); a range that is not one run is cut where writability
+        changes, or else halved, until each part is one (halves of one run join
+        up again); runs this session sent before are recognised as they are.  A mapping that fits no run goes alone as
         ``[path, underlying, writable]``.
         """
         items = mappings if type(mappings) is list else list(mappings)
         wire: list = []
+        start = 0
+        while start < len(items):  # known runs first: no columns needed for them
+            known = self._known_runs.find(items, start, len(items))
+            if known is None:
+                break
+            start, group = known
+            self._add_group(*group, table, wire)
+        rest = items[start:] if start else items
         try:
-            paths, hosts, flags = _columns(items)
-            self._encode_range(paths, hosts, flags, 0, len(paths), table, wire)
+            paths, hosts, flags = columns(rest)
+            self._encode_range(rest, paths, hosts, flags, 0, len(rest), table, wire)
         except TypeError:  # a path that is not a str (bytes, PathLike) met a str one
-            paths, hosts, flags = _normalized(items)
-            wire.clear()
-            self._encode_range(paths, hosts, flags, 0, len(paths), table, wire)
+            paths, hosts, flags = normalized(items)
+            wire.clear()  # and start again, the known runs included
+            self._encode_range(items, paths, hosts, flags, 0, len(items), table, wire)
         for entry in wire:
             if len(entry) == 4:  # a group: its pieces of RESTs, joined once
-                entry[3] = _encode("\0".join(entry[3]))
+                entry[3] = b"\0".join(entry[3])
         return wire
 
-    def _encode_range(self, paths: list[str], hosts: list[str], flags: list, start: int,
-                      stop: int, table: dict[int, bytes], wire: list) -> None:
+    def _encode_range(self, items: list, paths: list[str], hosts: list[str], flags: list,
+                      start: int, stop: int, table: dict[int, bytes], wire: list) -> None:
         if start == stop:
             return
-        run = _subtree(paths, hosts, flags, start, stop)
+        known = self._known_runs.find(items, start, stop)
+        if known is not None:
+            end, group = known
+            self._add_group(*group, table, wire)
+            self._encode_range(items, paths, hosts, flags, end, stop, table, wire)
+            return
+        run = subtree(paths, hosts, flags, start, stop)
         if run is not None:
             inner, host, rests = run
-            group = [self._prefix(_encode(inner), table), self._prefix(_encode(host), table),
-                     bool(flags[start])]
-            last = wire[-1] if wire else None
-            if last is not None and len(last) == 4 and last[:3] == group:
-                last[3].append(rests)  # the other half of a range that was halved
-            else:
-                wire.append(group + [[rests]])
+            group = (inner, host, flags[start], _encode(rests))
+            self._known_runs.remember(items, start, stop, group)
+            self._add_group(*group, table, wire)
         elif stop - start == 1:
             wire.append([self._compress(_encode(paths[start]), table),
-                         self._compress(_encode(hosts[start]), table), bool(flags[start])])
+                         self._compress(_encode(hosts[start]), table), flags[start]])
         else:
-            middle = (start + stop) // 2
-            self._encode_range(paths, hosts, flags, start, middle, table, wire)
-            self._encode_range(paths, hosts, flags, middle, stop, table, wire)
+            # Where writability changes a run ends (an output directory after the inputs);
+            # other ends are found by halving.
+            try:
+                middle = flags.index(not flags[start], start + 1, stop)
+            except ValueError:
+                middle = (start + stop) // 2
+            self._encode_range(items, paths, hosts, flags, start, middle, table, wire)
+            self._encode_range(items, paths, hosts, flags, middle, stop, table, wire)
+
+    def _add_group(self, inner: str, host: str, writable: bool, rests: bytes,
+                   table: dict[int, bytes], wire: list) -> None:
+        group = [self._prefix(_encode(inner), table), self._prefix(_encode(host), table), writable]
+        last = wire[-1] if wire else None
+        if last is not None and len(last) == 4 and last[:3] == group:
+            last[3].append(rests)  # the other half of a range that was halved
+        else:
+            wire.append(group + [[rests]])
 
     def _prefix(self, directory: bytes, table: dict[int, bytes]) -> list:
         ident = self._prefix_ids.get(directory)
@@ -157,82 +180,6 @@ class _Session:
     @staticmethod
     def _error(err: dict):
         return error_for_code(str(err.get("code")), str(err.get("message")), err.get("details"))
-
-
-_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
-
-
-def _columns(items: list) -> tuple[list, list, list]:
-    """The caller's mappings as three lists: inside paths, host paths, writability.
-
-    Lists of (str, str, bool) tuples, what build tools pass, are split with
-    C-level steps; other element types (Mapping objects, pairs) go through
-    ``_normalized``, and so do paths that are not str (a join raises
-    TypeError on them, and ``encode_mappings`` starts again normalized).
-    """
-    try:
-        paths, hosts = list(map(_FIRST, items)), list(map(_SECOND, items))
-        flags = list(map(_THIRD, items))
-    except (TypeError, IndexError, KeyError):
-        return _normalized(items)
-    if paths and (type(paths[0]) is not str or type(hosts[0]) is not str):
-        return _normalized(items)
-    return paths, hosts, flags
-
-
-def _normalized(items: list) -> tuple[list[str], list[str], list]:
-    """``_columns`` one mapping at a time, with every path made a str."""
-    paths, hosts, flags = [], [], []
-    for item in items:
-        if isinstance(item, Mapping):
-            path, underlying, writable = item.path, item.underlying, item.writable
-        else:
-            path, underlying, writable = item[0], item[1], len(item) > 2 and item[2]
-        paths.append(path if type(path) is str else os.fsdecode(path))
-        hosts.append(underlying if type(underlying) is str else os.fsdecode(underlying))
-        flags.append(writable)
-    return paths, hosts, flags
-
-
-def _roots(path: str, host: str) -> tuple[str, str] | None:
-    """(inner root, host root) such that ``path`` is inner_root/REST and ``host``
-    host_root/REST, with REST as long as it can be ("" stands for "/"); None
-    when the two do not end alike or are not plain absolute paths."""
-    if path[:1] != "/" or host[:1] != "/" or path[-1:] == "/" or host[-1:] == "/":
-        return None
-    shared = len(os.path.commonprefix((path[::-1], host[::-1])))
-    cut = path.find("/", len(path) - shared)
-    if cut < 0:
-        return None
-    inner, host_root = path[:cut], host[:len(host) - (len(path) - cut)]
-    if "\0" in inner or "\0" in host_root:
-        return None
-    return inner, host_root
-
-
-def _subtree(paths: list[str], hosts: list[str], flags: list, start: int,
-             stop: int) -> tuple[str, str, str] | None:
-    """(inner root, host root, NUL-separated RESTs) if every mapping in
-    [start, stop) shows host_root/REST at inner_root/REST with one
-    writability; else None.  The roots come from the first mapping; the others
-    are checked on whole joined strings, so each costs a few bytes of C-level
-    copying and comparing."""
-    roots = _roots(paths[start], hosts[start])
-    if roots is None:
-        return None
-    count = stop - start
-    if count > 1 and flags[start:stop].count(flags[start]) != count:
-        return None
-    inner, host = roots
-    inner_slash, host_slash = inner + "/", host + "/"
-    joined = "\0".join(paths[start:stop])
-    if (joined.count("\0") != count - 1 or joined.count("\0" + inner_slash) != count - 1
-            or not joined.startswith(inner_slash) or "/\0" in joined or joined[-1] == "/"):
-        return None
-    rests = joined[len(inner_slash):].replace("\0" + inner_slash, "\0")
-    if "\0".join(hosts[start:stop]) != host_slash + rests.replace("\0", "\0" + host_slash):
-        return None
-    return inner or "/", host or "/", rests
 
 
 def _create_fields(name: PathArg, mappings: Iterable[MappingArg], track_access: bool) -> dict:

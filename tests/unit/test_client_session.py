@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 
+from sandboxfs import client as client_module
 from sandboxfs.client import AsyncClient, _Session
 from sandboxfs.control import ControlServer
 from sandboxfs.errors import (
@@ -35,6 +36,7 @@ from sandboxfs.errors import (
 from sandboxfs.mapping import Mapping
 from sandboxfs.protocol import PrefixTable, decode_request, error, error_from, ok
 from sandboxfs.reconfig import Reconfigurer
+from sandboxfs.runs import REMEMBERED_MIN
 from sandboxfs.tree import Tree
 
 IO_TIMEOUT = 30
@@ -162,6 +164,44 @@ def test_writable_values_are_sent_as_booleans():
                                        ("/d/c", "/h/c", None)], table)
     assert [entry[2] for entry in wire] == [True, False]
     assert all(type(entry[2]) is bool for entry in wire)
+
+
+def toolchain(count: int = REMEMBERED_MIN) -> list[tuple[str, str, bool]]:
+    return [(f"/tc/d{i // 20}/h{i}.h", f"/opt/tc/d{i // 20}/h{i}.h", False) for i in range(count)]
+
+
+def test_a_run_sent_before_is_sent_again_without_being_worked_out(monkeypatch):
+    session = _Session()
+    tools = toolchain()
+    first = sent(session, "create_sandbox", name="a", mappings=tools + [("/out", "/tmp/o", True)])
+    calls = []
+    real = client_module.subtree
+    monkeypatch.setattr(client_module, "subtree", lambda *a: calls.append(a) or real(*a))
+    # Equal tuples, new objects, and another tail: as a build tool's next action sends them.
+    again = sent(session, "create_sandbox", name="b",
+                 mappings=[tuple(m) for m in tools] + [("/src/x.c", "/ws/src/x.c")])
+    assert [call[3:] for call in calls] == [(0, 1)]  # only the tail was worked out
+    assert again["mappings"] == [first["mappings"][0], [[1, b""], [4, b""], False, b"src/x.c"]]
+    assert again["prefixes"] == {4: b"/ws"}  # "/" (1) is registered already
+
+
+def test_a_known_run_after_an_error_sends_its_prefixes_again():
+    session = _Session()
+    request_id, _ = session.request("create_sandbox", name="a", mappings=toolchain())
+    with pytest.raises(NotFoundError):
+        session.result(request_id, error(request_id, "not_found", "x"))
+    again = sent(session, "create_sandbox", name="a", mappings=toolchain())
+    assert set(again["prefixes"].values()) == {b"/", b"/opt"}
+
+
+def test_a_known_run_with_one_mapping_changed_is_worked_out_again():
+    session, server = _Session(), PureServer()
+    tools = toolchain()
+    round_trip(session, server, "create_sandbox", name="a", mappings=tools)
+    changed = tools[:-1] + [("/tc/renamed.h", "/opt/tc/d49/h999.h", False)]
+    wire = sent(session, "create_sandbox", name="b", mappings=changed)["mappings"]
+    assert wire[-1] == [[3, b"renamed.h"], [4, b"h999.h"], False]
+    assert sum(len(e[3].split(b"\0")) for e in wire if len(e) == 4) == len(tools) - 1
 
 
 def test_request_fields():

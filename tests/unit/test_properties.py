@@ -314,7 +314,10 @@ WRONG_FOR = {  # values each field refuses, by field
 }
 BAD_INNER = ["a/b", "", "/a/../b", "/..", "/a/./b", "/a//b", "//a", "/a\0b", b"/\xff/\0", "/a//"]
 BAD_HOST = ["rel", "", "/h/\0x", b"\xff/x", "./x"]
-BAD_NAMES = [[], ["a", "a"], ["a/b"], [""], ["."], [".."], ["a\0b"], [1], b"a\0\0b", 5, None]
+# Each is refused at decoding, at the group's first index: the culprit is its first name.
+# (A name listed twice is the tree's to refuse; "a/b" is a relative path, which is fine.)
+BAD_NAMES = [[], ["a//b", "c"], ["/a"], ["a/"], [""], ["."], ["..", "b"], ["a/./b"], ["a\0b"], [1],
+             b"\0a", b"./x\0b", 5, None]
 NOT_ELEMENTS = [5, "/a", None, [], ["/a"], ["/a", "/h", False, ["x"], "extra"]]
 WRONG_PARTS = [5, None, 1.5, {"a": 1}, True]
 WRONG_WRITABLE = [1, 0, "yes", None, 1.0, []]
