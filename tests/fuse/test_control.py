@@ -383,6 +383,35 @@ def test_a_subtree_group_shows_every_level_as_sent(mount, client, workdir):
     client.destroy_sandbox("sub")
 
 
+def test_a_repeated_large_request_is_checked_against_the_host_again(mount, client, workdir):
+    """Client and server both remember a large run; neither may skip what the host says now."""
+    host = workdir / "rep"
+    mappings = []
+    for i in range(1500):
+        path = host / f"d{i // 20:03}" / f"f{i:04}.h"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"%d\n" % i)
+        mappings.append((f"/inc/d{i // 20:03}/f{i:04}.h", str(path)))
+    past = time.time() - 60  # old enough for the server to cache the listings
+    for directory in host.iterdir():
+        os.utime(directory, (past, past))
+    for name in ("first", "second"):
+        client.create_sandbox(name, mappings)
+        assert (mount / name / "inc/d074/f1499.h").read_bytes() == b"1499\n"
+        client.destroy_sandbox(name)
+
+    (host / "d037" / "f0749.h").unlink()
+    with pytest.raises(MappingError) as info:
+        client.create_sandbox("third", mappings)
+    assert info.value.details["index"] == 749
+    assert info.value.details["path"] == "/inc/d037/f0749.h"
+
+    (host / "d037" / "f0749.h").write_bytes(b"new\n")
+    client.create_sandbox("fourth", mappings)
+    assert (mount / "fourth/inc/d037/f0749.h").read_bytes() == b"new\n"
+    client.destroy_sandbox("fourth")
+
+
 READ_LOOP_SCRIPT = """
 import json, os, sys, time
 stop, expected = sys.argv[1], json.loads(sys.argv[2])
