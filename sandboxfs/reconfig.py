@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # Requests with more mappings than this are decoded and built in a worker thread.
 OFF_LOOP_MAPPINGS = 512
+# A group whose names take more bytes than this is large without counting them:
+# counting the names of a 4 MB group would itself hold the event loop.
+LARGE_GROUP_BYTES = 1 << 16
 
 
 class KernelCache(Protocol):
@@ -65,8 +68,9 @@ def _large(message: Any) -> bool:
         if isinstance(item, list) and len(item) == 4 and isinstance(item[3], list):
             total += len(item[3])
         elif isinstance(item, list) and len(item) == 4 and isinstance(item[3], bytes):
-            names = item[3]  # counting a 4 MB group's names would itself stall the loop
-            total += OFF_LOOP_MAPPINGS + 1 if len(names) > 65536 else names.count(b"\0") + 1
+            names = item[3]
+            total += (OFF_LOOP_MAPPINGS + 1 if len(names) > LARGE_GROUP_BYTES
+                      else names.count(b"\0") + 1)
         else:
             total += 1
     return total > OFF_LOOP_MAPPINGS
