@@ -1,7 +1,7 @@
 """sandboxfs: a FUSE filesystem that serves build sandboxes from an in-memory mapping tree."""
 
-from .errors import MappingError, SandboxfsError
-from .mapping import Mapping
+from sandboxfs.errors import MappingError, SandboxfsError
+from sandboxfs.tree.mapping import Mapping
 
 __version__ = "0.3.0"
 

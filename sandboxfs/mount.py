@@ -9,7 +9,8 @@ released in ``finally`` whatever happened: libfuse detaches lazily
 that arrives while files are still open never hangs; those files then fail
 with ENOTCONN.
 
-Owns: pyfuse3.init/main/close, signals, dead-mount recovery.
+Owns: the order of start-up and shut-down, signals, dead-mount recovery.
+The transport (``sandboxfs.fuse``) mounts, serves and unmounts.
 """
 
 from __future__ import annotations
@@ -24,26 +25,20 @@ import subprocess
 from typing import Awaitable, Callable, Sequence
 
 import attrs
-import pyfuse3
 import trio
 
-from .control import ControlServer, bind_control_socket, remove_socket_file
-from .errors import SandboxfsError, describe_oserror
-from .framing import DEFAULT_MAX_MESSAGE_SIZE
-from .mapping import Mapping
-from .ops import KernelCache, Operations
-from .reconfig import Reconfigurer
-from .tree import Tree
+from sandboxfs.control.framing import DEFAULT_MAX_MESSAGE_SIZE
+from sandboxfs.control.reconfig import Reconfigurer
+from sandboxfs.control.server import ControlServer, bind_control_socket, remove_socket_file
+from sandboxfs.errors import MountError, describe_oserror
+from sandboxfs.fs.operations import KernelCache, Operations
+from sandboxfs.tree.groups import DEFAULT_BUDGET_BYTES, GroupStore
+from sandboxfs.tree.mapping import Mapping
+from sandboxfs.tree.sandboxes import Tree
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class MountError(SandboxfsError):
-    """The mount point is unusable or the kernel refused the mount."""
-
-    code = "mount"
 
 
 @attrs.frozen
@@ -59,6 +54,7 @@ class MountConfig:
     control_allow_uids: tuple[int, ...] = ()
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     control_timeout: float = 30.0  # a half-sent message or an unread answer, in seconds
+    group_memory: int = DEFAULT_BUDGET_BYTES  # groups kept by digest (tree.groups)
 
     def fuse_options(self) -> set[str]:
         options = {"fsname=sandboxfs", "subtype=sandboxfs", "default_permissions"}
@@ -153,12 +149,13 @@ async def _watch_signals(
             return
 
 
-async def _serve(services: Sequence[Service], early: _EarlySignals, ending: _Ending) -> None:
+async def _serve(transport, services: Sequence[Service], early: _EarlySignals,
+                 ending: _Ending) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(_watch_signals, nursery.cancel_scope, early, ending)
         for service in services:
             await nursery.start(service)
-        await pyfuse3.main(min_tasks=2, max_tasks=64)
+        await transport.serve()
         log.info("the kernel ended the session (unmounted from outside)")
         nursery.cancel_scope.cancel()
 
@@ -183,13 +180,17 @@ def run(
     tree = Tree(config.mappings)  # raises MappingError before anything is mounted
     prepare_mount_point(config.mount_point)
     ops = Operations(tree, ttl=config.ttl, xattrs=config.xattrs)
+    from sandboxfs.fuse.pyfuse3_transport import Pyfuse3Transport  # loads libfuse
+
+    transport = Pyfuse3Transport(ops)
     reconfigurer = Reconfigurer(
         tree,
-        KernelCache(ops.inodes),
-        fuse_counts=lambda: ops.op_counts,
+        KernelCache(transport.notifier),
+        fuse_counts=transport.counts,
         inode_counts=ops.inodes.stats,
         mount_point=os.path.abspath(config.mount_point),
         access=ops.access,
+        groups=GroupStore(config.group_memory),
     )
     services: list[Service] = list(services_for(reconfigurer)) if services_for else []
     with contextlib.ExitStack() as cleanup:
@@ -211,22 +212,22 @@ def run(
         # applied its umask); ours must not mask them again.
         os.umask(0)
         try:
-            pyfuse3.init(ops, config.mount_point, config.fuse_options())
+            transport.mount(config.mount_point, config.fuse_options())
         except RuntimeError as exc:
             raise MountError(
                 f"mount point {config.mount_point}: the kernel refused the mount ({exc}); "
                 "is /dev/fuse usable and, for --allow other, user_allow_other set?"
             ) from None
-        cleanup.callback(_unmount, config.mount_point)
+        cleanup.callback(_unmount, transport, config.mount_point)
         log.info(
             "mounted at %s with %d mapping(s)%s", config.mount_point, len(config.mappings),
             f"; control socket {config.control}" if config.control else "",
         )
         ending = _Ending()
-        trio.run(_serve, services, early, ending)
+        trio.run(_serve, transport, services, early, ending)
     return ending.signum
 
 
-def _unmount(mount_point: str) -> None:
-    pyfuse3.close(unmount=True)
+def _unmount(transport, mount_point: str) -> None:
+    transport.unmount()
     log.info("unmounted %s", mount_point)

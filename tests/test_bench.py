@@ -60,7 +60,7 @@ def test_tiny_run_produces_every_scenario_and_report(tmp_path):
     sc = results["scenarios"]
     assert set(sc) == {"setup", "actions", "io", "scale"}
     assert {r["strategy"] for r in sc["setup"]["rows"]} == {
-        "symlink_py", "symlink_cp", "hardlink", "copy", "sandboxfs"}
+        "symlink_py", "symlink_cp", "hardlink", "copy", "sandboxfs", "sandboxfs_prepared"}
     assert all(r["seconds"]["n"] == 2 for r in sc["setup"]["rows"])
     assert {r["strategy"] for r in sc["actions"]["rows"]} == {
         "in_place", "symlink_py", "symlink_cp", "hardlink", "sandboxfs", "sandboxfs_reuse"}

@@ -4,7 +4,7 @@ Build tools written for sandboxfs 0.2 (Bazel's ``--experimental_use_sandboxfs``
 among them) start ``sandboxfs [flags] MOUNT_POINT`` and write JSON requests on
 its stdin.  This package only translates: the 0.2 flags become a
 ``mount.MountConfig`` (no control socket), and each JSON request becomes a
-``protocol.Request`` applied through ``Reconfigurer.execute`` -- the engine of
+request object of ``control.requests`` applied through ``Reconfigurer.apply`` -- the engine of
 the msgpack socket, not a second filesystem.  docs/compat.md is the reference.
 
 Modules, each testable on its own:
@@ -18,14 +18,14 @@ Modules, each testable on its own:
 * ``service``: the trio service -- read, translate, apply with N workers, answer;
 * ``main``: start-up and exit codes; ``common``: what they all share.
 
-Must not touch: the tree (only ``Reconfigurer.execute``), pyfuse3 (``mount.run``
+Must not touch: the tree (only ``Reconfigurer.apply``), pyfuse3 (``mount.run``
 does), and stdout/stderr except through ``main`` and logging.
 """
 
-from .args import Options, is_02_command_line, parse_args
-from .jsondecode import CreateSandbox, DestroySandbox, JsonMapping, StreamDecoder, StreamError, decode_request
-from .main import main
-from .translate import Translator, error_text, response_line
+from sandboxfs.compat.args import Options, is_02_command_line, parse_args
+from sandboxfs.compat.jsondecode import CreateSandbox, DestroySandbox, JsonMapping, StreamDecoder, StreamError, decode_request
+from sandboxfs.compat.main import main
+from sandboxfs.compat.translate import Translator, error_text, response_line
 
 __all__ = [
     "CreateSandbox", "DestroySandbox", "JsonMapping", "Options", "StreamDecoder", "StreamError",

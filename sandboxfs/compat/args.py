@@ -8,11 +8,11 @@ from typing import Collection, Sequence
 
 import attrs
 
-from .. import __version__
-from ..errors import UsageError
-from ..mapping import Mapping
-from .common import DEFAULT_TTL, PROGRAM, STDIO, U32_MAX, USIZE_MAX
-from .paths import RefusedError, mapping_02
+from sandboxfs import __version__
+from sandboxfs.errors import UsageError
+from sandboxfs.tree.mapping import Mapping
+from sandboxfs.compat.common import DEFAULT_TTL, PROGRAM, STDIO, U32_MAX, USIZE_MAX
+from sandboxfs.compat.paths import RefusedError, mapping_02
 
 
 _VALUE_OPTIONS = ("allow", "cpu_profile", "input", "mapping", "output", "reconfig_threads", "ttl")

@@ -3,12 +3,6 @@ and the error for runtime failures (exit status 1)."""
 
 from __future__ import annotations
 
-
-from ..errors import SandboxfsError
-
-
-EXIT_RUNTIME = 1
-EXIT_USAGE = 2
 PROGRAM = "sandboxfs"
 STDIO = "-"  # --input/--output value for stdin/stdout
 DEFAULT_TTL = "60s"
@@ -18,9 +12,3 @@ MAX_RECONFIG_WORKERS = 256
 OFF_LOOP_MAPPINGS = 512
 U32_MAX = 2**32 - 1
 USIZE_MAX = 2**64 - 1
-
-
-class RuntimeFailure(SandboxfsError):
-    """Something outside the command line failed (a path, the mount); exit status 1."""
-
-    code = "runtime"

@@ -8,16 +8,10 @@ from typing import Any
 
 import attrs
 
-from ..errors import SandboxfsError
-from .common import U32_MAX
-from .paths import quoted
+from sandboxfs.errors import StreamError
+from sandboxfs.compat.common import U32_MAX
+from sandboxfs.compat.paths import quoted
 
-
-
-class StreamError(SandboxfsError):
-    """The input stream cannot be parsed: answered without an id, and reading stops."""
-
-    code = "invalid_framing"
 
 
 class _Object(dict):

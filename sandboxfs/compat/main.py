@@ -9,16 +9,16 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Sequence
 
-from .. import __version__, logs
-from ..errors import SandboxfsError, UsageError
-from ..mapping import Mapping
-from .common import EXIT_RUNTIME, EXIT_USAGE, PROGRAM, RuntimeFailure
-from .args import HELP, Options, VERSION, parse_args, usage
-from .paths import back_intermediate_dirs, describe, require_root_first
-from .service import InputSource, JsonStream, OutputSink, os_error_text
+from sandboxfs import __version__, logs
+from sandboxfs.errors import EXIT_INTERRUPTED, RuntimeFailure, SandboxfsError, UsageError
+from sandboxfs.tree.mapping import Mapping
+from sandboxfs.compat.common import PROGRAM
+from sandboxfs.compat.args import HELP, Options, VERSION, parse_args, usage
+from sandboxfs.compat.paths import back_intermediate_dirs, describe, require_root_first
+from sandboxfs.compat.service import InputSource, JsonStream, OutputSink, os_error_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..reconfig import Reconfigurer
+    from sandboxfs.control.reconfig import Reconfigurer
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def cpu_profile(path: str | None):
 
 def serve(options: Options) -> int:
     """Mount, serve the JSON stream, unmount; 0 after an external unmount, 1 after a signal."""
-    from .. import mount  # pyfuse3 only when mounting
+    from sandboxfs import mount  # pyfuse3 only when mounting
 
     if options.node_cache:
         log.info("--node_cache: accepted; node identities are always kept (docs/design.md)")
@@ -94,7 +94,7 @@ def serve(options: Options) -> int:
                 ) from None
     if signum:
         print(f"{PROGRAM}: Caught signal {signum} ({signal.Signals(signum).name})", file=sys.stderr)
-        return EXIT_RUNTIME
+        return RuntimeFailure.exit_status
     return 0
 
 
@@ -104,7 +104,7 @@ def main(argv: Sequence[str]) -> int:
         parsed = parse_args(argv)
     except UsageError as exc:
         _usage_error(exc.message)
-        return EXIT_USAGE
+        return exc.exit_status
     if parsed == HELP:
         sys.stdout.write(usage())
         return 0
@@ -116,6 +116,6 @@ def main(argv: Sequence[str]) -> int:
         return serve(parsed)
     except SandboxfsError as exc:
         print(f"{PROGRAM}: {exc.message}", file=sys.stderr)
-        return EXIT_RUNTIME
+        return exc.exit_status
     except KeyboardInterrupt:  # SIGINT before the mount watches signals: nothing is mounted
-        return 130
+        return EXIT_INTERRUPTED

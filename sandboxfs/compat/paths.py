@@ -7,15 +7,9 @@ import os
 import stat
 from typing import Sequence
 
-from ..errors import SandboxfsError
-from ..mapping import Mapping, check_underlying
+from sandboxfs.errors import RefusedError
+from sandboxfs.tree.mapping import Mapping, check_underlying
 
-
-
-class RefusedError(SandboxfsError):
-    """A 0.2 request or mapping is refused; the message is 0.2's wording."""
-
-    code = "invalid_mapping"
 
 
 def quoted(text: str) -> str:

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import trio
 
-from ..errors import SandboxExistsError, SandboxfsError
-from .common import MAX_RECONFIG_WORKERS, OFF_LOOP_MAPPINGS, RuntimeFailure, STDIO
-from .jsondecode import CreateSandbox, StreamDecoder, StreamError, decode_request
-from .translate import Job, Translator, error_text, response_line
+from sandboxfs.compat.common import MAX_RECONFIG_WORKERS, OFF_LOOP_MAPPINGS, STDIO
+from sandboxfs.errors import RuntimeFailure, SandboxExistsError, SandboxfsError
+from sandboxfs.control.requests import Map
+from sandboxfs.compat.jsondecode import CreateSandbox, StreamDecoder, StreamError, decode_request
+from sandboxfs.compat.translate import Job, Translator, error_text, response_line
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..reconfig import Reconfigurer
+    from sandboxfs.control.reconfig import Reconfigurer
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +228,12 @@ class JsonStream:
             return job.error
         try:
             try:
-                await self.reconfigurer.execute(job.request())
+                await self.reconfigurer.apply(job.request())
             except SandboxExistsError:
                 if job.op != "create_sandbox" or job.name not in self.reconfigurer.tree.sandboxes:
                     raise
                 # 0.2 adds the mappings of a CreateSandbox for a live id to that sandbox.
-                await self.reconfigurer.execute(job.request("map"))
+                await self.reconfigurer.apply(job.request(Map))
         except SandboxfsError as exc:
             return error_text(exc, job.shown)
         except Exception as exc:  # a bug: answer it, keep serving

@@ -9,13 +9,13 @@ from typing import Sequence
 
 import attrs
 
-from ..errors import AlreadyMappedError, SandboxfsError
-from ..mapping import Mapping
-from ..protocol import Request
-from .common import U32_MAX
-from .args import _parse_unsigned
-from .paths import RefusedError, back_intermediate_dirs, describe, mapping_02, require_root_first
-from .jsondecode import CreateSandbox, DestroySandbox
+from sandboxfs.errors import AlreadyMappedError, SandboxfsError
+from sandboxfs.tree.mapping import Mapping
+from sandboxfs.control.requests import CreateSandbox as CreateRequest, DestroySandbox as DestroyRequest, Map
+from sandboxfs.compat.common import U32_MAX
+from sandboxfs.compat.args import _parse_unsigned
+from sandboxfs.compat.paths import RefusedError, back_intermediate_dirs, describe, mapping_02, require_root_first
+from sandboxfs.compat.jsondecode import CreateSandbox, DestroySandbox
 
 
 
@@ -30,8 +30,13 @@ class Job:
     shown: tuple[str, ...] = ()  # 0.2's display of each mapping, for messages
     error: str | None = None
 
-    def request(self, op: str | None = None) -> Request:
-        return Request(self.id, op or self.op, name=self.name, mappings=self.mappings)
+    def request(self, as_op: type | None = None) -> CreateRequest | DestroyRequest | Map:
+        """The engine request: this job's own op, or ``as_op`` (Map, for a live id)."""
+        if as_op is Map:
+            return Map(self.name, self.mappings)
+        if self.op == "destroy_sandbox":
+            return DestroyRequest(self.name)
+        return CreateRequest(self.name, self.mappings)
 
 
 def _path_key(path: str) -> tuple:

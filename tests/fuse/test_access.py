@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxfs.client import Client
+from sandboxfs.control.client import Client
 from sandboxfs.errors import InvalidRequestError, NotFoundError
 
 from .harness import Mount

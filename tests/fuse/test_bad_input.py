@@ -45,7 +45,7 @@ from typing import Any, Iterator
 import msgpack
 import pytest
 
-from sandboxfs.client import Client
+from sandboxfs.control.client import Client
 
 from .harness import Mount, stop_all, world_traversable_tempdir
 
@@ -57,7 +57,7 @@ BYSTANDER_ENTRIES = ["deep", "out", "src", "tool"]
 VICTIM = "victim"  # the name hostile create_sandbox requests try to take
 MILLION_DIRS = MILLION_NAMES = 1000
 SOCKET_TIMEOUT = 60.0  # a server that never answers fails the test instead of hanging it
-KNOWN_OPS = "ping, create_sandbox, destroy_sandbox, map, unmap, list, stats"
+KNOWN_OPS = "ping, create_sandbox, destroy_sandbox, access_report, map, unmap, list, stats"
 
 
 # -- the one mount -------------------------------------------------------------------------
@@ -442,7 +442,8 @@ def wrong_type_cases() -> list:
     return cases
 
 
-SHAPE = "must be [path, underlying, writable] or [directory, host_directory, writable, [names]]"
+SHAPE = ("must be [path, underlying, writable], [directory, host_directory, writable, [names]]"
+         " or {'group': digest}")
 
 
 BAD_NAME = "a name is empty, '.' or '..', or has such a component"
@@ -871,9 +872,13 @@ def test_million_mapping_request_is_accepted_and_served(server: Server):
         sock.sendall(encode(message))
         (answer,) = replies.take(1)
 
-        assert answer == {"id": message["id"], "result": {
-            "name": "million", "mappings": MILLION_DIRS * MILLION_NAMES,
-            "path": os.fsdecode(server.path("million"))}}
+        result = answer["result"]
+        assert answer["id"] == message["id"]
+        assert (result["name"], result["mappings"], result["path"]) == (
+            "million", MILLION_DIRS * MILLION_NAMES, os.fsdecode(server.path("million")))
+        held = result["groups"]  # the groups the store's memory budget kept, by digest
+        assert 0 < len(held) <= MILLION_DIRS and len(set(held)) == len(held)
+        assert all(type(digest) is bytes and len(digest) == 32 for digest in held)
         assert open(server.path("million", "d999", "f999"), "rb").read() == b"999\n"
         assert open(server.path("million", "d000", "f000"), "rb").read() == b"0\n"
         assert len(os.listdir(server.path("million", "d500"))) == MILLION_NAMES

@@ -44,6 +44,7 @@ class Sandboxfs02(Mount):
                  stdin: Any = subprocess.PIPE, stdout: Any = subprocess.PIPE,
                  pump: bool = True) -> None:
         super().__init__(mount_point, args, log_path)
+        self.command = [sys.executable, "-m", "sandboxfs", *self.args, str(self.mount_point)]
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command, stdin=stdin, stdout=stdout, stderr=log)
         self._lines: queue.Queue[bytes] = queue.Queue()
@@ -52,10 +53,6 @@ class Sandboxfs02(Mount):
         # thread reads from would block.
         if self.proc.stdout is not None and pump:
             threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
-
-    @property
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "sandboxfs", *self.args, str(self.mount_point)]
 
     def _pump(self, stream) -> None:
         for line in iter(stream.readline, b""):

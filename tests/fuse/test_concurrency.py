@@ -1,7 +1,7 @@
 """Concurrency through a real mount: one slow request never freezes the others.
 
 Every request of a mount is served by one trio loop, so host I/O that blocks
-must leave the loop (hostio.read: preadv2(RWF_NOWAIT), else a worker thread).
+must leave the loop (fs/host_io.read_nowait: preadv2(RWF_NOWAIT), else a worker thread).
 Covered here:
 
 * a read stalled on a slow host filesystem (``slowfs.py``, a FUSE fs whose
@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -26,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from .harness import fusermount_lazy, is_mounted
+from sandboxfs.fuse.child_mount import ChildMount
+
 from .slowfs import FILE_NAME, content as slowfs_content
 
 SLOWFS_SCRIPT = Path(__file__).with_name("slowfs.py")
@@ -39,26 +39,12 @@ STRESS_SECONDS = 2.0
 # -- the slow host filesystem ------------------------------------------------------------
 
 
-class SlowFS:
-    """A running ``slowfs.py`` child; its stdout (one line per read) goes to a log file."""
+class SlowFS(ChildMount):
+    """A running ``slowfs.py`` child; its stdout (one line per read) goes to its log."""
 
     def __init__(self, mount_point: Path, log_path: Path, delay: float) -> None:
-        self.mount_point = mount_point
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(SLOWFS_SCRIPT), str(mount_point), str(delay)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            )
-
-    def wait_mounted(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"slowfs exited early:\n{self.log()}"
-            if is_mounted(self.mount_point):
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"slowfs did not mount within {timeout}s:\n{self.log()}")
+        super().__init__([sys.executable, str(SLOWFS_SCRIPT), str(mount_point), str(delay)],
+                         mount_point, log_path)
 
     def wait_for_read(self, timeout: float = 10.0) -> None:
         """Return once a read has reached slowfs (and is now sleeping)."""
@@ -69,35 +55,14 @@ class SlowFS:
             time.sleep(0.01)
         raise AssertionError(f"no read reached slowfs within {timeout}s:\n{self.log()}")
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL, by PID; then make sure the mount is gone."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                fusermount_lazy(self.mount_point)
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if is_mounted(self.mount_point):
-            fusermount_lazy(self.mount_point)
-        assert not is_mounted(self.mount_point), f"{self.mount_point} still mounted"
-
 
 @pytest.fixture
 def slowfs(workdir: Path) -> SlowFS:
     """A mounted slowfs; request it *before* sandboxfs_mount so it is torn down after."""
     mount_point = workdir / "slowfs-mnt"
     mount_point.mkdir()
-    fs = SlowFS(mount_point, workdir / "slowfs.log", SLOW_READ_DELAY)
-    try:
-        fs.wait_mounted()
+    with SlowFS(mount_point, workdir / "slowfs.log", SLOW_READ_DELAY) as fs:
         yield fs
-    finally:
-        fs.stop()
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -36,12 +36,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
 
 import msgpack
 import pytest
 
-from sandboxfs.client import Client
+from sandboxfs.control.client import Client
 from sandboxfs.errors import (
     InvalidRequestError,
     MappingError,
@@ -148,7 +147,8 @@ def sandbox_mappings(host: Path) -> list[tuple]:
 def test_create_returns_the_path_and_shows_host_content_and_modes(mount, client, host):
     result = client.create_sandbox("s1", sandbox_mappings(host))
 
-    assert result == {"name": "s1", "mappings": 3, "path": str(mount / "s1")}
+    assert {k: result[k] for k in ("name", "mappings", "path")} == {
+        "name": "s1", "mappings": 3, "path": str(mount / "s1")}
     assert sorted(os.listdir(mount / "s1")) == ["out", "src", "tool"]
     assert (mount / "s1/src/include/a.h").read_bytes() == b"int a;\n"
     assert (mount / "s1/tool").read_bytes() == b"#!/bin/sh\necho tool\n"
@@ -543,7 +543,7 @@ def test_message_over_the_limit_is_too_large_and_closes_only_that_connection(
             client.ping()  # the server closed this connection
 
     with Client(control_path(mount)) as fresh:
-        assert fresh.ping()["protocol"] == 1
+        assert fresh.ping()["protocol"] == 2
         assert fresh.list() == []
 
 
@@ -558,7 +558,7 @@ def test_undecodable_bytes_get_invalid_framing_then_eof(mount, client):
     assert len(replies) == 1
     assert replies[0]["id"] is None
     assert replies[0]["error"]["code"] == "invalid_framing"
-    assert client.ping()["protocol"] == 1  # other connections are served as before
+    assert client.ping()["protocol"] == 2  # other connections are served as before
 
 
 # -- the socket file -----------------------------------------------------------------------
@@ -667,7 +667,7 @@ def test_stale_socket_file_is_replaced(sandboxfs_mount, workdir):
     assert "stale" in mount.log()
     assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
     with Client(path) as client:
-        assert client.ping()["protocol"] == 1
+        assert client.ping()["protocol"] == 2
 
 
 def test_live_socket_makes_a_second_mount_fail(sandboxfs_mount, workdir, host):

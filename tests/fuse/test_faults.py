@@ -44,7 +44,7 @@ import attrs
 import msgpack
 import pytest
 
-from sandboxfs.client import Client
+from sandboxfs.control.client import Client
 
 from .harness import Mount, is_mounted, mount_ids
 from .slowfs import FILE_NAME as SLOW_FILE_NAME
@@ -397,7 +397,7 @@ def test_half_a_message_then_a_stall_gets_a_timeout_error_then_close(served):
         started = time.monotonic()
         sock.sendall(request[: len(request) // 2])
 
-        assert served.client.ping()["protocol"] == 1  # others are served meanwhile
+        assert served.client.ping()["protocol"] == 2  # others are served meanwhile
         replies = decode_all(recv_until_eof(sock))
         waited = time.monotonic() - started
 
@@ -736,12 +736,8 @@ def hung_host(workdir: Path) -> Iterator[SlowFS]:
     """A host filesystem whose reads take 60 s (tests/fuse/slowfs.py); stopped at teardown."""
     point = workdir / "hung"
     point.mkdir()
-    fs = SlowFS(point, workdir / "hung.log", 60.0)
-    try:
-        fs.wait_mounted()
+    with SlowFS(point, workdir / "hung.log", 60.0) as fs:
         yield fs
-    finally:
-        fs.stop()
 
 
 def test_sigterm_with_a_read_stalled_on_the_host_releases_the_mount(hung_host, sandboxfs_mount,

@@ -43,9 +43,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 
-from sandboxfs.client import Client
+from sandboxfs.control.client import Client
 
 from .harness import Mount
 

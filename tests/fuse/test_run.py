@@ -31,7 +31,7 @@ from typing import Sequence
 
 import pytest
 
-from sandboxfs.client import Client
+from sandboxfs.control.client import Client
 
 from .conftest import SYSTEM_PYTHON, run_as
 from .harness import is_mounted

@@ -65,7 +65,7 @@ from typing import Callable, Iterator, NamedTuple
 import msgpack
 import pytest
 
-from sandboxfs.client import Client
+from sandboxfs.control.client import Client
 
 from .conftest import SYSTEM_PYTHON, run_as
 from .harness import Mount, stop_all, world_traversable_tempdir
@@ -801,7 +801,7 @@ def hook(event, args):
         st = os.lstat(socket_path)
         note(event="chmod", mode=stat.S_IMODE(st.st_mode), to=args[1])
 sys.addaudithook(hook)
-from sandboxfs.cli import main
+from sandboxfs.cli.main import main
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -812,12 +812,9 @@ class AuditedMount(Mount):
     def __init__(self, mount_point: Path, args: list[str], log_path: Path, record: Path) -> None:
         super().__init__(mount_point, args, log_path)
         self.record = record
-
-    @property
-    def command(self) -> list[str]:
         socket_path = str(self.mount_point) + ".sock"
-        return [sys.executable, "-c", AUDIT_WRAPPER, socket_path, str(self.record),
-                "mount", *self.args, str(self.mount_point)]
+        self.command = [sys.executable, "-c", AUDIT_WRAPPER, socket_path, str(self.record),
+                        "mount", *self.args, str(self.mount_point)]
 
     def events(self) -> list[dict]:
         return [json.loads(line) for line in self.record.read_text().splitlines()]

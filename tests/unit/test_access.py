@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sandboxfs.access import (
+from sandboxfs.fs.access import (
     CREATE, LIST, LOOKUP, OPEN, READ, REMOVE, ROOT_INODE, WRITE, AccessLog, AccessTracker,
 )
-from sandboxfs.protocol import name_value
+from sandboxfs.control.protocol import name_value
 
 
 def tracked(name: bytes = b"s") -> tuple[AccessTracker, AccessLog]:

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from sandboxfs import __version__
-from sandboxfs.cli import EXIT_RUNTIME, EXIT_USAGE, main
+from sandboxfs.cli.main import main
+from sandboxfs.errors import EXIT_RUNTIME, EXIT_USAGE
 
 
 @pytest.fixture

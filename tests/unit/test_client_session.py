@@ -1,11 +1,13 @@
-"""Tests of the client's protocol logic (sandboxfs.client._Session) and of AsyncClient
-against a real ControlServer over in-memory trio streams (no socket, no mount).
+"""Tests of the client's protocol logic (sandboxfs.control.client._Session) and of
+AsyncClient against a real ControlServer over in-memory trio streams (no socket, no mount).
 
-Covers how mappings are put on the wire (one group per run of mappings below
-one pair of roots with one writability; ``[path, underlying, w]`` for the
-rest, in the caller's order), the per-connection prefix table (sent once, re-sent after an error
-response, never re-numbered onto an id the server already holds), and how
-responses become results or the typed exceptions of ``sandboxfs.errors``.
+Covers how mappings are put on the wire (one group per stretch of mappings
+below one pair of roots with one writability; ``[path, underlying, w]`` for
+the rest, in the caller's order), groups named by digest once the server
+holds them (and sent again in full after ``missing_group``), the
+per-connection prefix table (sent once, re-sent after an error response,
+never re-numbered onto an id the server already holds), and how responses
+become results or the typed exceptions of ``sandboxfs.errors``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import pytest
 import trio
 import trio.testing
 
-from sandboxfs import client as client_module
-from sandboxfs.client import AsyncClient, _Session
-from sandboxfs.control import ControlServer
+from sandboxfs.control.client import REFERENCE_MIN, AsyncClient, _Session
+from sandboxfs.control.group_encoding import encode_mappings
+from sandboxfs.control.requests import OPS
+from sandboxfs.control.server import ControlServer
 from sandboxfs.errors import (
     InvalidRequestError,
     MappingError,
+    MissingGroupError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
@@ -33,11 +37,11 @@ from sandboxfs.errors import (
     ServerError,
     TooLargeError,
 )
-from sandboxfs.mapping import Mapping
-from sandboxfs.protocol import PrefixTable, decode_request, error, error_from, ok
-from sandboxfs.reconfig import Reconfigurer
-from sandboxfs.runs import REMEMBERED_MIN
-from sandboxfs.tree import Tree
+from sandboxfs.tree.mapping import Mapping
+from sandboxfs.control.protocol import PrefixTable, decode_request, error, error_from, ok
+from sandboxfs.control.reconfig import Reconfigurer
+from sandboxfs.tree.groups import GroupStore
+from sandboxfs.tree.sandboxes import Tree
 
 IO_TIMEOUT = 30
 
@@ -46,30 +50,42 @@ def unpack(data: bytes) -> dict:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+def request(session: _Session, op: str, **fields: Any) -> tuple[int, bytes]:
+    """The id and bytes ``session`` would send for this call."""
+    return session.render(session.start(OPS[op](**fields)))
+
+
 def sent(session: _Session, op: str, **fields: Any) -> dict:
     """The message ``session`` would send for this call, decoded back."""
-    _request_id, data = session.request(op, **fields)
+    _request_id, data = request(session, op, **fields)
     return unpack(data)
 
 
+def wire_of(mappings: list, table: dict[int, bytes], session: _Session | None = None) -> list:
+    return (session or _Session())._wire(encode_mappings(mappings), table)
+
+
 class PureServer:
-    """The server's decoding, without a tree: answers ok, or the decoding error."""
+    """The server's decoding, without a tree: answers ok (with the digests of the groups
+    it now holds, as a version-2 server does), or the decoding error."""
 
     def __init__(self) -> None:
         self.prefixes = PrefixTable()
+        self.groups = GroupStore()
 
     def answer(self, data: bytes) -> dict:
         message = unpack(data)
         try:
-            decode_request(message, self.prefixes)
+            decoded = decode_request(message, self.prefixes, self.groups)
         except SandboxfsError as exc:
             return error_from(message.get("id"), exc)
-        return ok(message.get("id"))
+        digests = [spec.digest for spec in getattr(decoded, "mappings", ()) if hasattr(spec, "digest")]
+        return ok(message.get("id"), {"groups": digests} if digests else None)
 
 
 def round_trip(session: _Session, server: PureServer, op: str, **fields: Any) -> dict:
     """Send through ``session`` to ``server``; return the result or raise the typed error."""
-    request_id, data = session.request(op, **fields)
+    request_id, data = request(session, op, **fields)
     return session.result(request_id, server.answer(data))
 
 
@@ -78,7 +94,7 @@ def round_trip(session: _Session, server: PureServer, op: str, **fields: Any) ->
 
 def test_mappings_below_one_pair_of_roots_form_one_group():
     table: dict[int, bytes] = {}
-    wire = _Session().encode_mappings(
+    wire = wire_of(
         [("/inc/a.h", "/usr/include/a.h"), ("/inc/b.h", "/usr/include/b.h", False),
          Mapping.of("/inc/c.h", "/usr/include/c.h")], table)
     assert table == {1: b"/inc", 2: b"/usr/include"}
@@ -88,7 +104,7 @@ def test_mappings_below_one_pair_of_roots_form_one_group():
 
 def test_a_whole_subtree_is_one_group_of_relative_paths():
     table: dict[int, bytes] = {}
-    wire = _Session().encode_mappings(
+    wire = wire_of(
         [("/tc/bin/cc", "/opt/tc-1.2/bin/cc"), ("/tc/include/sys/a.h", "/opt/tc-1.2/include/sys/a.h"),
          ("/tc/lib/libc.so", "/opt/tc-1.2/lib/libc.so")], table)
     assert table == {1: b"/tc", 2: b"/opt/tc-1.2"}
@@ -98,7 +114,7 @@ def test_a_whole_subtree_is_one_group_of_relative_paths():
 def test_roots_are_as_short_as_both_paths_allow():
     """/src/main.c from /ws/src/main.c: the sandbox root shows /ws."""
     table: dict[int, bytes] = {}
-    wire = _Session().encode_mappings([("/src/main.c", "/ws/src/main.c"),
+    wire = wire_of([("/src/main.c", "/ws/src/main.c"),
                                        ("/include/x.h", "/ws/include/x.h")], table)
     assert table == {1: b"/", 2: b"/ws"}
     assert wire == [[[1, b""], [2, b""], False, b"src/main.c\0include/x.h"]]
@@ -106,7 +122,7 @@ def test_roots_are_as_short_as_both_paths_allow():
 
 def test_runs_keep_the_callers_order():
     table: dict[int, bytes] = {}
-    wire = _Session().encode_mappings(
+    wire = wire_of(
         [("/d/a", "/h/a", True), ("/d/b", "/h/b"), ("/d/c", "/h/c"), ("/d/e", "/h/e", True)], table)
     assert wire == [[[1, b""], [2, b""], True, b"a"], [[1, b""], [2, b""], False, b"b\0c"],
                     [[1, b""], [2, b""], True, b"e"]]
@@ -114,7 +130,7 @@ def test_runs_keep_the_callers_order():
 
 def test_a_mapping_that_fits_no_run_travels_alone_in_place():
     table: dict[int, bytes] = {}
-    wire = _Session().encode_mappings(
+    wire = wire_of(
         [("/tc/a", "/opt/a"), ("/tc/b", "/opt/b"), ("/bin/cc", "/usr/bin/gcc", True),
          ("/tc/c", "/opt/c"), ("/tc/d", "/opt/d")], table)
     assert table == {1: b"/tc", 2: b"/opt", 3: b"/bin", 4: b"/usr/bin"}
@@ -135,82 +151,103 @@ def test_a_mapping_that_fits_no_run_travels_alone_in_place():
 )
 def test_paths_that_fit_no_roots_travel_alone(mapping, expected):
     table: dict[int, bytes] = {}
-    wire = _Session().encode_mappings([mapping], table)
+    wire = wire_of([mapping], table)
     assert wire == [expected]
 
 
 def test_the_same_path_on_both_sides_is_a_group_at_the_roots():
     table: dict[int, bytes] = {}
-    assert _Session().encode_mappings([("/x", "/x")], table) == [[[1, b""], [1, b""], False, b"x"]]
+    assert wire_of([("/x", "/x")], table) == [[[1, b""], [1, b""], False, b"x"]]
     assert table == {1: b"/"}
 
 
 def test_a_trailing_slash_inside_a_run_sends_that_mapping_alone():
     """The server tolerates one trailing slash on a whole path, not inside a group."""
     table: dict[int, bytes] = {}
-    wire = _Session().encode_mappings([("/d/a", "/h/a"), ("/d/b/", "/h/b/")], table)
+    wire = wire_of([("/d/a", "/h/a"), ("/d/b/", "/h/b/")], table)
     assert wire == [[[1, b""], [2, b""], False, b"a"], [b"/d/b/", b"/h/b/", False]]
 
 
 def test_non_utf8_paths_stay_bytes():
     table: dict[int, bytes] = {}
-    wire = _Session().encode_mappings([(b"/d/\xff", b"/h/\xff")], table)
+    wire = wire_of([(b"/d/\xff", b"/h/\xff")], table)
     assert wire == [[[1, b""], [2, b""], False, b"\xff"]]
 
 
 def test_writable_values_are_sent_as_booleans():
     table: dict[int, bytes] = {}
-    wire = _Session().encode_mappings([("/d/a", "/h/a", 1), ("/d/b", "/h/b", True),
+    wire = wire_of([("/d/a", "/h/a", 1), ("/d/b", "/h/b", True),
                                        ("/d/c", "/h/c", None)], table)
     assert [entry[2] for entry in wire] == [True, False]
     assert all(type(entry[2]) is bool for entry in wire)
 
 
-def toolchain(count: int = REMEMBERED_MIN) -> list[tuple[str, str, bool]]:
+def toolchain(count: int = 1000) -> list[tuple[str, str, bool]]:
     return [(f"/tc/d{i // 20}/h{i}.h", f"/opt/tc/d{i // 20}/h{i}.h", False) for i in range(count)]
 
 
-def test_a_run_sent_before_is_sent_again_without_being_worked_out(monkeypatch):
-    session = _Session()
+def test_a_group_the_server_holds_is_named_by_digest_even_from_new_objects():
+    session, server = _Session(), PureServer()
     tools = toolchain()
     first = sent(session, "create_sandbox", name="a", mappings=tools + [("/out", "/tmp/o", True)])
-    calls = []
-    real = client_module.subtree
-    monkeypatch.setattr(client_module, "subtree", lambda *a: calls.append(a) or real(*a))
+    assert len(first["mappings"][0]) == 4  # in full: the server holds nothing yet
+    assert server.answer(msgpack.packb(first))["result"]["groups"]
+    round_trip(session, server, "create_sandbox", name="a", mappings=tools)
     # Equal tuples, new objects, and another tail: as a build tool's next action sends them.
     again = sent(session, "create_sandbox", name="b",
                  mappings=[tuple(m) for m in tools] + [("/src/x.c", "/ws/src/x.c")])
-    assert [call[3:] for call in calls] == [(0, 1)]  # only the tail was worked out
-    assert again["mappings"] == [first["mappings"][0], [[1, b""], [4, b""], False, b"src/x.c"]]
+    (digest,) = server.groups._groups
+    assert again["mappings"] == [{"group": digest}, [[1, b""], [4, b""], False, b"src/x.c"]]
     assert again["prefixes"] == {4: b"/ws"}  # "/" (1) is registered already
+    assert "error" not in server.answer(msgpack.packb(again))
 
 
-def test_a_known_run_after_an_error_sends_its_prefixes_again():
-    session = _Session()
-    request_id, _ = session.request("create_sandbox", name="a", mappings=toolchain())
-    with pytest.raises(NotFoundError):
-        session.result(request_id, error(request_id, "not_found", "x"))
-    again = sent(session, "create_sandbox", name="a", mappings=toolchain())
-    assert set(again["prefixes"].values()) == {b"/", b"/opt"}
+def test_small_groups_always_travel_in_full():
+    session, server = _Session(), PureServer()
+    small = toolchain(REFERENCE_MIN - 1)
+    round_trip(session, server, "create_sandbox", name="a", mappings=small)
+    assert len(sent(session, "create_sandbox", name="b", mappings=small)["mappings"][0]) == 4
 
 
-def test_a_known_run_with_one_mapping_changed_is_worked_out_again():
+def test_a_group_with_one_mapping_changed_travels_in_full():
     session, server = _Session(), PureServer()
     tools = toolchain()
     round_trip(session, server, "create_sandbox", name="a", mappings=tools)
     changed = tools[:-1] + [("/tc/renamed.h", "/opt/tc/d49/h999.h", False)]
     wire = sent(session, "create_sandbox", name="b", mappings=changed)["mappings"]
+    assert all(type(element) is list for element in wire)
     assert wire[-1] == [[3, b"renamed.h"], [4, b"h999.h"], False]
     assert sum(len(e[3].split(b"\0")) for e in wire if len(e) == 4) == len(tools) - 1
+
+
+def test_missing_group_forgets_the_digests_and_the_resend_carries_the_groups_in_full():
+    session, server = _Session(), PureServer()
+    tools = toolchain()
+    round_trip(session, server, "create_sandbox", name="a", mappings=tools)
+    server.groups.clear()  # evicted, or a restarted server
+    outgoing = session.start(OPS["create_sandbox"](name="b", mappings=tools))
+    request_id, data = session.render(outgoing)
+    assert unpack(data)["mappings"][0].keys() == {"group"}
+    response = server.answer(data)
+    assert response["error"]["code"] == "missing_group"
+    with pytest.raises(MissingGroupError) as info:
+        session.result(request_id, response)
+    assert info.value.digests == [unpack(data)["mappings"][0]["group"]]
+    request_id, data = session.render(outgoing)  # what the clients send next
+    (element,) = unpack(data)["mappings"]
+    assert len(element) == 4  # in full (its prefixes are still registered on the connection)
+    assert "error" not in server.answer(data)
 
 
 def test_request_fields():
     session = _Session()
     first = sent(session, "unmap", name="s", paths=["/a/b", b"/c"])
-    second = sent(session, "ping", version=1)
+    second = sent(session, "ping", version=2)
+    third = sent(session, "ping", version=1)  # the default: a version-1 ping has no field
     assert first == {"id": 1, "op": "unmap", "name": b"s", "paths": [[1, b"b"], b"/c"],
                      "prefixes": {1: b"/a"}}
-    assert second == {"id": 2, "op": "ping", "version": 1}
+    assert second == {"id": 2, "op": "ping", "version": 2}
+    assert third == {"id": 3, "op": "ping"}
 
 
 # -- the prefix table ----------------------------------------------------------------
@@ -220,7 +257,7 @@ def test_prefixes_are_sent_once_per_connection():
     session, server = _Session(), PureServer()
     first = sent(session, "map", name="s", mappings=[("/a/x", "/h/x")])
     assert first["prefixes"] == {1: b"/a", 2: b"/h"}
-    assert server.answer(msgpack.packb(first))["result"] == {}
+    assert "error" not in server.answer(msgpack.packb(first))
     second = sent(session, "map", name="s", mappings=[("/a/y", "/h/y"), ("/b/z", "/h/z")])
     assert second["prefixes"] == {3: b"/b"}
     assert "error" not in server.answer(msgpack.packb(second))
@@ -234,7 +271,7 @@ def test_a_new_session_sends_its_prefixes_again():
 
 def test_prefixes_are_resent_after_an_error_response():
     session = _Session()
-    request_id, _ = session.request("map", name="s", mappings=[("/a/x", "/h/x")])
+    request_id, _ = request(session, "map", name="s", mappings=[("/a/x", "/h/x")])
     with pytest.raises(NotFoundError):
         session.result(request_id, error(request_id, "not_found", "no such sandbox"))
     again = sent(session, "map", name="s", mappings=[("/a/x", "/h/x")])
@@ -243,9 +280,9 @@ def test_prefixes_are_resent_after_an_error_response():
 
 def test_prefixes_of_a_successful_request_are_not_resent():
     session = _Session()
-    request_id, _ = session.request("map", name="s", mappings=[("/a/x", "/h/x")])
+    request_id, _ = request(session, "map", name="s", mappings=[("/a/x", "/h/x")])
     session.result(request_id, ok(request_id))
-    request_id, _ = session.request("list")
+    request_id, _ = request(session, "list")
     with pytest.raises(NotFoundError):
         session.result(request_id, error(request_id, "not_found", "x"))
     assert "prefixes" not in sent(session, "map", name="s", mappings=[("/a/y", "/h/y")])
@@ -266,7 +303,7 @@ def test_new_directories_after_an_error_work():
 def test_a_request_that_fails_to_encode_leaves_no_unsent_prefixes():
     session, server = _Session(), PureServer()
     with pytest.raises(TypeError):
-        session.request("map", name="s", mappings=[("/a/x", "/h/y"), ("/b/x", 5)])
+        request(session, "map", name="s", mappings=[("/a/x", "/h/y"), ("/b/x", 5)])
     assert round_trip(session, server, "map", name="s", mappings=[("/a/x", "/h/y")]) == {}
 
 
@@ -284,7 +321,7 @@ def test_relative_underlying_is_reported_as_that_mapping():
 
 def test_result_returns_the_result_map():
     session = _Session()
-    request_id, _ = session.request("list")
+    request_id, _ = request(session, "list")
     assert session.result(request_id, ok(request_id, {"sandboxes": []})) == {"sandboxes": []}
 
 
@@ -303,7 +340,7 @@ def test_result_returns_the_result_map():
 )
 def test_error_codes_raise_typed_exceptions(code, exception):
     session = _Session()
-    request_id, _ = session.request("list")
+    request_id, _ = request(session, "list")
     response = error(request_id, code, "what went wrong", {"index": 4, "path": "/x"})
     with pytest.raises(exception) as info:
         session.result(request_id, response)
@@ -315,7 +352,7 @@ def test_error_codes_raise_typed_exceptions(code, exception):
 
 def test_unknown_error_code_keeps_the_code():
     session = _Session()
-    request_id, _ = session.request("list")
+    request_id, _ = request(session, "list")
     with pytest.raises(SandboxfsError) as info:
         session.result(request_id, error(request_id, "quota", "too many sandboxes"))
     assert info.value.code == "quota"
@@ -323,7 +360,7 @@ def test_unknown_error_code_keeps_the_code():
 
 def test_connection_error_without_id_is_raised_typed():
     session = _Session()
-    request_id, _ = session.request("list")
+    request_id, _ = request(session, "list")
     with pytest.raises(TooLargeError):
         session.result(request_id, error(None, "too_large", "message larger than the limit"))
 
@@ -331,7 +368,7 @@ def test_connection_error_without_id_is_raised_typed():
 @pytest.mark.parametrize("response", [ok(99), ok(None), ["not", "a", "map"], None])
 def test_answer_to_another_request_is_a_protocol_error(response):
     session = _Session()
-    request_id, _ = session.request("list")
+    request_id, _ = request(session, "list")
     assert request_id == 1
     with pytest.raises(ProtocolError):
         session.result(request_id, response)
@@ -339,7 +376,7 @@ def test_answer_to_another_request_is_a_protocol_error(response):
 
 def test_request_ids_increase():
     session = _Session()
-    assert [session.request("list")[0] for _ in range(3)] == [1, 2, 3]
+    assert [request(session, "list")[0] for _ in range(3)] == [1, 2, 3]
 
 
 # -- AsyncClient against a real ControlServer over memory streams --------------------
@@ -370,10 +407,11 @@ def host(tmp_path) -> Path:
 async def test_async_client_round_trip(host):
     tree = Tree()
     async with client_for(tree) as client:
-        assert (await client.ping())["protocol"] == 1
+        assert (await client.ping())["protocol"] == 2
+        assert (await client.ping(1))["protocol"] == 1
         result = await client.create_sandbox("s", [
             (f"/inc/{n}", str(host / "inc" / n)) for n in "abc"] + [("/cc", str(host / "bin/a"), True)])
-        assert result == {"name": "s", "mappings": 4}
+        assert result["name"] == "s" and result["mappings"] == 4
         await client.map("s", [("/lib/a", str(host / "lib/a"))])
         await client.unmap("s", ["/lib/a", "/cc"])
         assert await client.list() == [{"name": "s", "mappings": 3}]
@@ -434,12 +472,12 @@ def test_building_a_request_pauses_the_gc_and_restores_its_state():
             return tuple.__getitem__(self, index)
 
     assert gc.isenabled()
-    _Session().request("create_sandbox", name="s", mappings=[Probe(("/a/x", "/h/x", False))])
+    request(_Session(), "create_sandbox", name="s", mappings=[Probe(("/a/x", "/h/x", False))])
     assert seen and not any(seen)
     assert gc.isenabled()
     gc.disable()
     try:
-        _Session().request("create_sandbox", name="s", mappings=[("/a/x", "/h/x")])
+        request(_Session(), "create_sandbox", name="s", mappings=[("/a/x", "/h/x")])
         assert not gc.isenabled()  # a caller's choice is kept
     finally:
         gc.enable()

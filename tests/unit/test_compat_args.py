@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
 from sandboxfs import __version__, compat
-from sandboxfs.cli import main
+from sandboxfs.cli.main import main
 from sandboxfs.compat import (
     CreateSandbox,
     DestroySandbox,
@@ -32,7 +31,7 @@ from sandboxfs.compat import (
     response_line,
 )
 from sandboxfs.errors import AlreadyMappedError, MappingError
-from sandboxfs.mapping import Mapping
+from sandboxfs.tree.mapping import Mapping
 
 
 @pytest.fixture

@@ -25,11 +25,11 @@ import pytest
 import trio
 import trio.testing
 
-from sandboxfs import reconfig
-from sandboxfs.control import ControlServer
-from sandboxfs.framing import MessageReader, encode
-from sandboxfs.reconfig import Reconfigurer
-from sandboxfs.tree import Tree
+from sandboxfs.control import reconfig
+from sandboxfs.control.server import ControlServer
+from sandboxfs.control.framing import MessageReader, encode
+from sandboxfs.control.reconfig import Reconfigurer
+from sandboxfs.tree.sandboxes import Tree
 
 IO_TIMEOUT = 30
 

@@ -1,4 +1,4 @@
-"""Unit tests of sandboxfs.framing: bytes in, whole msgpack messages out.
+"""Unit tests of sandboxfs.control.framing: bytes in, whole msgpack messages out.
 
 Covers messages split at every byte boundary and many merged in one chunk,
 the size limit (refused while feeding, before the whole message is buffered,
@@ -15,7 +15,8 @@ import struct
 import msgpack
 import pytest
 
-from sandboxfs.framing import FramingError, MessageReader, MessageTooLarge, encode
+from sandboxfs.control.framing import MessageReader, encode
+from sandboxfs.errors import ProtocolError, TooLargeError
 
 MESSAGES = [
     {"id": 1, "op": "ping", "version": 1},
@@ -97,7 +98,7 @@ def test_message_of_exactly_the_limit_is_accepted():
 
 def test_message_one_byte_over_the_limit_is_refused():
     data = encode({"blob": b"x" * 100})
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(TooLargeError):
         read_chunks([data], max_message_size=len(data) - 1)
 
 
@@ -106,7 +107,7 @@ def test_too_large_is_refused_before_the_message_is_buffered():
     reader = MessageReader(limit)
     reader.feed(bin32_header(100 * 1024 * 1024))  # announces 100 MiB
     fed = 0
-    with pytest.raises(MessageTooLarge) as info:
+    with pytest.raises(TooLargeError) as info:
         while fed < 10 * limit:
             reader.feed(b"x" * chunk)
             fed += chunk
@@ -123,7 +124,7 @@ def test_message_of_many_small_values_counts_as_a_whole():
     data = encode({"a": [[0] * 500] * 400})  # ~200 KB of small values
     reader = MessageReader(limit)
     fed = 0
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(TooLargeError):
         while fed < len(data):
             reader.feed(data[fed:fed + chunk])
             fed += chunk
@@ -132,12 +133,12 @@ def test_message_of_many_small_values_counts_as_a_whole():
 
 
 def test_array_with_more_elements_than_the_limit_is_too_large():
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(TooLargeError):
         read_chunks([encode({"a": [0] * 2000})], max_message_size=1000)
 
 
 def test_too_large_in_one_big_chunk():
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(TooLargeError):
         read_chunks([bin32_header(5000) + b"x" * 5000], max_message_size=1000)
 
 
@@ -177,9 +178,9 @@ def test_limit_does_not_accumulate_over_messages():
     ],
 )
 def test_undecodable_bytes_are_a_framing_error(garbage):
-    with pytest.raises(FramingError) as info:
+    with pytest.raises(ProtocolError) as info:
         read_chunks([garbage])
-    assert not isinstance(info.value, MessageTooLarge)
+    assert not isinstance(info.value, TooLargeError)
     assert info.value.code == "invalid_framing"
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of sandboxfs.inodes.InodeTable: inode numbers, lookup counts, open handles.
+"""Unit tests of sandboxfs.fs.inodes.InodeTable: inode numbers, lookup counts, open handles.
 
 Numbers are handed out once and never reused; the table holds a node while
 the kernel does (lookup count > 0) or while a host fd is open on it; a
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sandboxfs.inodes import ROOT_INODE, Handle, InodeTable, StaleError
-from sandboxfs.tree import MappedNode, ScaffoldDir, lookup
+from sandboxfs.fs.inodes import ROOT_INODE, Handle, InodeTable, StaleError
+from sandboxfs.tree.lookup import lookup
+from sandboxfs.tree.nodes import FoundNode, MappedNode, ScaffoldDir
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def host(tmp_path) -> Path:
 
 @pytest.fixture
 def mapped_dir(host) -> MappedNode:
-    return MappedNode(os.fsencode(host / "dir"), True)
+    return MappedNode.of_path(os.fsencode(host / "dir"), True)
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def open_fd(host):
         os.close(fd)
 
 
-def discovered(parent: MappedNode, name: bytes) -> MappedNode:
+def discovered(parent: MappedNode, name: bytes) -> FoundNode:
     node, _ = lookup(parent, name)
     return node
 
@@ -65,7 +66,7 @@ def test_root_is_inode_one_and_never_forgotten():
 
 
 def test_set_root_replaces_the_root(table):
-    new_root = MappedNode(b"/", False)
+    new_root = MappedNode(b"/", None, False)
     table.set_root(new_root)
     assert table[ROOT_INODE] is new_root and new_root.ino == ROOT_INODE
 
@@ -145,7 +146,7 @@ def test_forgetting_stale_node_keeps_its_replacement_cached(table, mapped_dir, h
 
 
 def test_explicit_node_keeps_its_number_after_being_forgotten(table):
-    mapping = MappedNode(b"/host/path", False)
+    mapping = MappedNode.of_path(b"/host/path", False)
     ino = table.remember(mapping)
     table.forget(ino, 1)
     with pytest.raises(KeyError):

@@ -12,14 +12,12 @@ import os
 import pytest
 
 from sandboxfs.errors import MappingError
-from sandboxfs.mapping import (
+from sandboxfs.tree.mapping import (
     Mapping,
-    MappingGroup,
     check_names,
     first_bad_name,
     check_underlying,
     parse_mapping_flag,
-    spec_size,
     split_inner_path,
 )
 
@@ -199,20 +197,7 @@ def test_parse_mapping_flag_non_utf8_arguments():
     assert m == Mapping((b"caf\xe9",), b"/host/\xff", True)
 
 
-# -- mapping groups ----------------------------------------------------------------------
-
-
-def test_mapping_group_paths_and_size():
-    group = MappingGroup((b"inc", b"sys"), b"/usr/include/sys", False, [b"a.h", b"b.h", b"c.h"])
-    assert group.path(0) == b"/inc/sys/a.h"
-    assert group.path(2) == b"/inc/sys/c.h"
-    assert spec_size(group) == 3
-    assert spec_size(Mapping.of("/x", "/y")) == 1
-
-
-def test_mapping_group_at_root():
-    group = MappingGroup((), b"/bin", False, [b"sh"])
-    assert group.path(0) == b"/sh"
+# -- group names -------------------------------------------------------------------------
 
 
 def names_reason(names: list[bytes]) -> str | None:

@@ -59,10 +59,14 @@ from sandboxfs.errors import (
     SandboxExistsError,
     SandboxfsError,
 )
-from sandboxfs.framing import MessageReader, encode
-from sandboxfs.mapping import Mapping, MappingGroup, display
-from sandboxfs.protocol import OPS, PrefixTable, decode_request, error, name_value, ok
-from sandboxfs.tree import MAX_SANDBOX_NAME, MappedNode, ScaffoldDir, Tree, list_directory, lookup
+from sandboxfs.control.framing import MessageReader, encode
+from sandboxfs.control.protocol import PrefixTable, decode_request, error, name_value, ok, request_id
+from sandboxfs.control.requests import OPS
+from sandboxfs.tree.groups import Group, group_of
+from sandboxfs.tree.lookup import list_directory, lookup
+from sandboxfs.tree.mapping import Mapping, display
+from sandboxfs.tree.nodes import HostNode, ScaffoldDir
+from sandboxfs.tree.sandboxes import MAX_SANDBOX_NAME, Tree
 
 Flat = tuple[tuple[bytes, ...], bytes, bool]  # (components inside, host path, writable)
 DOCUMENTED_OPS = ("ping", "create_sandbox", "destroy_sandbox", "map", "unmap", "list", "stats")
@@ -202,9 +206,11 @@ def flat(specs) -> list[Flat]:
     """(components, host path, writable) of each mapping, groups expanded."""
     out: list[Flat] = []
     for spec in specs:
-        if isinstance(spec, MappingGroup):
-            base = spec.host_dir if spec.host_dir != b"/" else b""
-            out.extend((spec.directory + (n,), base + b"/" + n, spec.writable) for n in spec.names)
+        if isinstance(spec, Group):
+            for part in spec.parts:
+                base = part.host_dir if part.host_dir != b"/" else b""
+                out.extend((part.directory + (n,), base + b"/" + n, part.writable)
+                           for n in part.names)
         else:
             out.append((spec.components, spec.underlying, spec.writable))
     return out
@@ -250,7 +256,7 @@ def test_valid_requests_in_every_wire_form_decode_to_what_was_meant(requests, cu
     assert len(received) == len(messages)
     for message, (_, meant) in zip(received, requests):
         request = decode_request(message, prefixes)
-        assert (request.op, request.id) == (meant["op"], meant["id"])
+        assert (request.op, request_id(message)) == (meant["op"], meant["id"])
         if "name" in meant:
             assert request.name == meant["name"]
         if "flat" in meant:
@@ -495,7 +501,7 @@ def tree_view(tree: Tree) -> View:
             if isinstance(child, ScaffoldDir):
                 entry = ("scaffold", None, False)
             else:
-                assert isinstance(child, MappedNode)
+                assert isinstance(child, HostNode)
                 entry = (kind_of(st_.st_mode), child.host_path(), child.writable)
             view[path + (name,)] = entry
             if entry[0] in ("scaffold", "dir"):
@@ -560,9 +566,9 @@ def batch_is_valid(existing: dict[tuple, tuple[str, bool]], batch: list) -> bool
     return not any(is_proper_prefix(q, p) and kinds[q] != "dir" for p in paths for q in kinds)
 
 
-def specs_for(batch: list, base: bytes, grouped: bool) -> list[Mapping | MappingGroup]:
+def specs_for(batch: list, base: bytes, grouped: bool) -> list[Mapping | Group]:
     """The batch as Tree specs; when ``grouped``, siblings of one kind and mode form groups."""
-    singles: list[Mapping | MappingGroup] = []
+    singles: list[Mapping | Group] = []
     groups: dict[tuple, list[bytes]] = {}
     for path, kind, writable in batch:
         key = (path[:-1], kind, writable)
@@ -571,7 +577,7 @@ def specs_for(batch: list, base: bytes, grouped: bool) -> list[Mapping | Mapping
         else:
             singles.append(Mapping(path, host_for(base, path, kind), writable))
     for (directory, kind, writable), names in groups.items():
-        singles.append(MappingGroup(directory, base + b"/" + kind.encode(), writable, names))
+        singles.append(group_of(directory, base + b"/" + kind.encode(), writable, names))
     return singles
 
 

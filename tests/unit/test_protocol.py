@@ -17,11 +17,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sandboxfs.client import _Session
+from sandboxfs.control.client import _Session
+from sandboxfs.control.group_encoding import encode_mappings
+from sandboxfs.control.requests import ListSandboxes, Stats
+from sandboxfs.tree.groups import Group, GroupStore
 from sandboxfs.errors import InvalidRequestError, MappingError, SandboxfsError
-from sandboxfs.framing import encode
-from sandboxfs.mapping import Mapping, MappingGroup, check_underlying, split_inner_path
-from sandboxfs.protocol import (
+from sandboxfs.control.framing import encode
+from sandboxfs.tree.mapping import Mapping, check_underlying, split_inner_path
+from sandboxfs.control.protocol import (
     OPS,
     PROTOCOL_VERSION,
     PrefixTable,
@@ -30,6 +33,7 @@ from sandboxfs.protocol import (
     error,
     error_from,
     ok,
+    request_id,
 )
 
 
@@ -62,10 +66,11 @@ def flat(specs) -> list[tuple[tuple[bytes, ...], bytes, bool]]:
     """(components, underlying, writable) of each mapping, groups expanded."""
     out = []
     for spec in specs:
-        if isinstance(spec, MappingGroup):
-            base = spec.host_dir if spec.host_dir != b"/" else b""
-            out.extend((spec.directory + (name,), base + b"/" + name, spec.writable)
-                       for name in spec.names)
+        if isinstance(spec, Group):
+            for part in spec.parts:
+                base = part.host_dir if part.host_dir != b"/" else b""
+                out.extend((part.directory + (name,), base + b"/" + name, part.writable)
+                           for name in part.names)
         else:
             out.append((spec.components, spec.underlying, spec.writable))
     return out
@@ -74,9 +79,10 @@ def flat(specs) -> list[tuple[tuple[bytes, ...], bytes, bool]]:
 # -- each op -------------------------------------------------------------------------
 
 
-def test_ping_defaults_to_our_version():
+def test_ping_without_a_version_is_a_version_1_client():
     request = decode({"id": 1, "op": "ping"})
-    assert (request.id, request.op, request.version) == (1, "ping", PROTOCOL_VERSION)
+    assert (request.op, request.version) == ("ping", 1)
+    assert PROTOCOL_VERSION == 2
 
 
 def test_ping_with_version():
@@ -99,7 +105,7 @@ def test_create_sandbox_with_no_mappings():
 
 def test_destroy_sandbox():
     request = decode({"id": "x", "op": "destroy_sandbox", "name": "s1"})
-    assert (request.id, request.op, request.name) == ("x", "destroy_sandbox", b"s1")
+    assert (request.op, request.name) == ("destroy_sandbox", b"s1")
 
 
 def test_map():
@@ -116,7 +122,7 @@ def test_unmap():
 @pytest.mark.parametrize("op", ["list", "stats"])
 def test_ops_without_fields(op):
     request = decode({"id": 4, "op": op})
-    assert (request.id, request.op, request.name) == (4, op, None)
+    assert request == {"list": ListSandboxes(), "stats": Stats()}[op]
 
 
 def test_writable_may_be_omitted():
@@ -124,8 +130,9 @@ def test_writable_may_be_omitted():
 
 
 def test_any_id_is_kept():
-    assert decode({"id": [1, "two"], "op": "list"}).id == [1, "two"]
-    assert decode({"op": "list"}).id is None
+    assert request_id({"id": [1, "two"], "op": "list"}) == [1, "two"]
+    assert request_id({"op": "list"}) is None
+    assert request_id(["not", "a", "map"]) is None
 
 
 # -- malformed requests --------------------------------------------------------------
@@ -392,10 +399,12 @@ def test_odd_prefix_ids_are_unknown_prefixes(key, where):
 # -- groups --------------------------------------------------------------------------
 
 
-def test_group_decodes_to_a_mapping_group():
+def test_group_decodes_to_a_group():
     request = decode(mapping_request(["/inc", "/usr/include", False, ["a.h", b"b.h"]]))
     (group,) = request.mappings
-    assert group == MappingGroup((b"inc",), b"/usr/include", False, [b"a.h", b"b.h"])
+    assert isinstance(group, Group) and group.count == 2
+    assert flat([group]) == [((b"inc", b"a.h"), b"/usr/include/a.h", False),
+                             ((b"inc", b"b.h"), b"/usr/include/b.h", False)]
 
 
 def test_group_with_prefixes():
@@ -434,7 +443,8 @@ def test_a_name_listed_twice_is_left_to_the_tree():
 def test_subtree_group_splits_into_one_group_per_directory_in_order():
     request = decode(mapping_request(
         ["/tc", "/opt/tc", False, b"top.h\0inc/a.h\0inc/b.h\0inc/sys/c.h\0inc/d.h"]))
-    assert [(g.directory, g.host_dir, list(g.names)) for g in request.mappings] == [
+    (group,) = request.mappings
+    assert [(g.directory, g.host_dir, list(g.names)) for g in group.parts] == [
         ((b"tc",), b"/opt/tc", [b"top.h"]),
         ((b"tc", b"inc"), b"/opt/tc/inc", [b"a.h", b"b.h"]),
         ((b"tc", b"inc", b"sys"), b"/opt/tc/inc/sys", [b"c.h"]),
@@ -560,15 +570,17 @@ def test_client_encoding_round_trips(batches):
     """Over one connection, each batch decodes to exactly the mappings the caller gave."""
     session = _Session()
     prefixes = PrefixTable()
+    store = GroupStore()
     for mappings in batches:
         table_: dict[int, bytes] = {}
-        wire = session.encode_mappings(mappings, table_)
+        wire = session._wire(encode_mappings(mappings), table_)
         message = msgpack.unpackb(encode({"op": "map", "name": "s", "mappings": wire,
                                           "prefixes": table_}),
                                   raw=False, strict_map_key=False)
         if table_:
             prefixes.register(message["prefixes"], "test")
-        decoded = decode_mappings(message["mappings"], prefixes, "test")
+        decoded = decode_mappings(message["mappings"], prefixes, "test", store)
+        session._note_held([spec.digest for spec in decoded if isinstance(spec, Group)])
         assert sorted(flat(decoded)) == sorted(expected(m) for m in mappings)
 
 
@@ -587,7 +599,7 @@ FIELDS = st.sampled_from(["id", "op", "name", "mappings", "paths", "prefixes", "
 def junk_requests(draw):
     message = draw(st.dictionaries(FIELDS, JUNK, max_size=5))
     if draw(st.booleans()):
-        message["op"] = draw(st.sampled_from(OPS))
+        message["op"] = draw(st.sampled_from(list(OPS)))
     return message
 
 
@@ -610,9 +622,9 @@ def test_junk_only_raises_sandboxfs_errors(message):
 def test_group_names_as_one_nul_separated_bin():
     request = decode(mapping_request(["/inc", "/usr/include", False, b"a.h\0b.h\0c.h"]))
     (group,) = request.mappings
-    assert isinstance(group, MappingGroup)
-    assert list(group.names) == [b"a.h", b"b.h", b"c.h"]
-    assert group.directory == (b"inc",) and group.host_dir == b"/usr/include"
+    (part,) = group.parts
+    assert list(part.names) == [b"a.h", b"b.h", b"c.h"]
+    assert part.directory == (b"inc",) and part.host_dir == b"/usr/include"
 
 
 @pytest.mark.parametrize(

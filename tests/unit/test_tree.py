@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandboxfs import underlying
+from sandboxfs.tree import existence
 from sandboxfs.errors import (
     AlreadyMappedError,
     InvalidRequestError,
@@ -32,18 +32,11 @@ from sandboxfs.errors import (
     SandboxfsError,
     errno_name,
 )
-from sandboxfs.mapping import Mapping, MappingGroup
-from sandboxfs.tree import (
-    MAX_SANDBOX_NAME,
-    MappedNode,
-    Node,
-    ScaffoldDir,
-    Tree,
-    child_of,
-    dismantle,
-    list_directory,
-    lookup,
-)
+from sandboxfs.tree.groups import Group, group_of
+from sandboxfs.tree.lookup import child_of, list_directory, lookup
+from sandboxfs.tree.mapping import Mapping
+from sandboxfs.tree.nodes import FoundNode, LazyFile, MappedNode, Node, ScaffoldDir
+from sandboxfs.tree.sandboxes import MAX_SANDBOX_NAME, Tree, dismantle
 
 # -- helpers ----------------------------------------------------------------------------
 
@@ -66,8 +59,8 @@ def make_host(base: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def empty_listing_cache(monkeypatch):
-    """No directory listings cached by earlier tests (underlying.py caches them)."""
-    monkeypatch.setattr(underlying, "_listings", {})
+    """No directory listings cached by earlier tests (tree.existence caches them)."""
+    monkeypatch.setattr(existence, "_listings", {})
 
 
 @pytest.fixture
@@ -89,17 +82,13 @@ def join(directory: bytes, name: bytes) -> bytes:
 
 
 def entries_of(value) -> dict:
-    """The explicit children of a container value (a lazy leaf has none)."""
-    if isinstance(value, ScaffoldDir):
-        return value.children
-    if isinstance(value, MappedNode):
-        return value.overlays or {}
-    return {}
+    """The explicit children of a container value (a lazy file has none)."""
+    return value.contents() or {}
 
 
 def host_of(value, name: bytes) -> bytes:
-    """Host path of a mapped container value: a node, or a lazy read-only leaf (its host dir)."""
-    return join(value, name) if type(value) is bytes else value.host_path()
+    """Host path of a mapped container value: a node, or a lazy file (its host dir + name)."""
+    return value.host_path_of(name) if isinstance(value, LazyFile) else value.host_path()
 
 
 def shape(value, name: bytes = b""):
@@ -107,13 +96,12 @@ def shape(value, name: bytes = b""):
     children = {n: shape(c, n) for n, c in entries_of(value).items()}
     if isinstance(value, ScaffoldDir):
         return ("scaffold", children)
-    writable = type(value) is not bytes and value.writable
-    return ("mapped", host_of(value, name), writable, children)
+    return ("mapped", host_of(value, name), value.writable, children)
 
 
 def identities(value, path: tuple[bytes, ...] = ()) -> dict[tuple[bytes, ...], int]:
-    """{path: id} of every node object below ``value`` (lazy leaves are no objects yet)."""
-    if type(value) is bytes:
+    """{path: id} of every node object below ``value`` (lazy files are no nodes yet)."""
+    if isinstance(value, LazyFile):
         return {}
     found = {path: id(value)}
     for n, c in entries_of(value).items():
@@ -142,8 +130,7 @@ def node_at(top: Node, path: str) -> Node:
     """Walk explicit structure (scaffold children, overlays) from ``top``."""
     node = top
     for part in comps(path):
-        container = node.children if isinstance(node, ScaffoldDir) else node.overlays
-        node = child_of(container, part)
+        node = child_of(node.contents(), part)
         assert node is not None, f"nothing at {part!r}"
     return node
 
@@ -162,7 +149,7 @@ def writable_flags(value, prefix: tuple[bytes, ...] = ()) -> dict[tuple[bytes, .
     """{components: writable} of every explicit mapping at or below ``value``."""
     found = {}
     if not isinstance(value, ScaffoldDir):
-        found[prefix] = type(value) is not bytes and value.writable
+        found[prefix] = value.writable
     for n, c in entries_of(value).items():
         found.update(writable_flags(c, prefix + (n,)))
     return found
@@ -334,9 +321,9 @@ def test_lookup_in_scaffold(host):
 
 
 def test_lookup_absent_host_entries(host):
-    d = MappedNode(os.fsencode(host / "dir"), False)
+    d = MappedNode.of_path(os.fsencode(host / "dir"), False)
     assert lookup(d, b"absent") is None
-    f = MappedNode(os.fsencode(host / "file"), False)
+    f = MappedNode.of_path(os.fsencode(host / "file"), False)
     assert lookup(f, b"x") is None  # ENOTDIR counts as "not there"
 
 
@@ -586,7 +573,7 @@ def test_sandbox_below_root_mapping_is_an_overlay(host):
     assert names(list_directory(tree.root)).count(b"a") == 1
     tree.destroy_sandbox("a")
     node, _ = lookup(tree.root, b"a")  # the host entry shows again
-    assert isinstance(node, MappedNode) and not node.explicit
+    assert isinstance(node, FoundNode) and not node.explicit
 
 
 @pytest.mark.parametrize(
@@ -846,7 +833,7 @@ def test_map_root_of_empty_sandbox_reports_root_entry(host):
 
 @pytest.fixture
 def mapped_dir(host) -> MappedNode:
-    return MappedNode(os.fsencode(host / "dir"), True)
+    return MappedNode.of_path(os.fsencode(host / "dir"), True)
 
 
 def test_discovered_node_is_reused_while_host_inode_unchanged(host, mapped_dir):
@@ -892,9 +879,9 @@ def test_discovered_below_cut_parent_has_no_host_path(host, mapped_dir):
 
 
 def test_child_path_of_root_origin():
-    root = MappedNode(b"/", False)
+    root = MappedNode.of_path(b"/", False)
     assert root.child_path(b"etc") == b"/etc"
-    assert MappedNode(b"/x", False).child_path(b"y") == b"/x/y"
+    assert MappedNode.of_path(b"/x", False).child_path(b"y") == b"/x/y"
 
 
 def test_discovered_non_utf8_name(host, mapped_dir):
@@ -911,11 +898,11 @@ def test_drop_known(host, mapped_dir):
     assert mapped_dir.drop_known(b"b") is node
     assert node.parent is None and b"b" not in mapped_dir.known
     assert mapped_dir.drop_known(b"b") is None
-    assert MappedNode(b"/x", False).drop_known(b"nothing") is None  # known is None
+    assert MappedNode.of_path(b"/x", False).drop_known(b"nothing") is None  # known is None
 
 
 def test_move_known_keeps_identity(host, mapped_dir):
-    other = MappedNode(os.fsencode(host / "other"), True)
+    other = MappedNode.of_path(os.fsencode(host / "other"), True)
     node, _ = lookup(mapped_dir, b"b")
     os.rename(host / "dir" / "b", host / "other" / "moved")
     mapped_dir.move_known(b"b", other, b"moved")
@@ -962,7 +949,7 @@ def test_exchange_known_swaps_nodes(host, mapped_dir):
 
 
 def test_exchange_known_with_one_side_unknown(host, mapped_dir):
-    other = MappedNode(os.fsencode(host / "other"), True)
+    other = MappedNode.of_path(os.fsencode(host / "other"), True)
     b_node, _ = lookup(mapped_dir, b"b")
     mapped_dir.exchange_known(b"b", other, b"o")
     assert b"b" not in mapped_dir.known
@@ -985,14 +972,15 @@ def test_forget_known_only_forgets_own_current_node(host, mapped_dir):
 # -- lazy read-only leaves and mapping groups ------------------------------------------------
 
 
-def group(directory: str, host_dir: Path, names: list[str], writable: bool = False) -> MappingGroup:
-    return MappingGroup(comps(directory), os.fsencode(host_dir), writable, [os.fsencode(n) for n in names])
+def group(directory: str, host_dir: Path, names: list[str], writable: bool = False) -> Group:
+    return group_of(comps(directory), os.fsencode(host_dir), writable, [os.fsencode(n) for n in names])
 
 
 def test_read_only_leaf_with_same_name_is_stored_lazily(host):
     tree = Tree([m("/x/file", host / "file"), m("/x/renamed", host / "file"), m("/x/other", host / "other", True)])
     x = tree.root.children[b"x"]
-    assert x.children[b"file"] == os.fsencode(host)  # just the shared host directory
+    lazy = x.children[b"file"]
+    assert isinstance(lazy, LazyFile) and lazy.host_dir == os.fsencode(host)  # no node yet
     assert isinstance(x.children[b"renamed"], MappedNode)  # names differ: a node
     assert isinstance(x.children[b"other"], MappedNode)  # writable: a node
     node, st_ = lookup(x, b"file")
@@ -1014,7 +1002,9 @@ def test_list_directory_materialises_lazy_leaves(host):
 def test_group_of_read_only_names(host):
     tree = Tree([group("/inc", host / "dir", ["a", "b", "sub"])])
     inc = tree.root.children[b"inc"]
-    assert inc.children == dict.fromkeys([b"a", b"b", b"sub"], os.fsencode(host / "dir"))
+    assert list(inc.children) == [b"a", b"b", b"sub"]
+    (lazy,) = set(inc.children.values())  # one LazyFile stands for every name
+    assert isinstance(lazy, LazyFile) and lazy.host_dir == os.fsencode(host / "dir")
     assert tree.mapping_count == 3
     node, _ = lookup(inc, b"sub")
     assert node.host_path() == os.fsencode(host / "dir" / "sub")
@@ -1063,16 +1053,21 @@ def test_group_name_listed_twice_is_refused_at_its_second_index(host):
 
 
 def test_groups_shared_by_sandboxes_are_never_changed(host):
-    """groups.py hands the same MappingGroups to every sandbox built from one cached split."""
+    """A stored group (tree.groups) is the same object in every sandbox built from it."""
     shared = [group("/inc", host / "dir", ["a", "b", "sub"]), group("/x", host, ["file", "other"])]
-    copies = [(g.directory, g.host_dir, g.writable, list(g.names)) for g in shared]
+
+    def content(groups):
+        return [(p.directory, p.host_dir, p.writable, list(p.names), dict(p.template))
+                for g in groups for p in g.parts]
+
+    copies = content(shared)
     tree = Tree()
     tree.create_sandbox("s1", shared)
     tree.create_sandbox("s2", shared)
     tree.unmap("s1", [comps("/inc/a"), comps("/x/file")])
     raises(AlreadyMappedError, tree.map, "s2", [m("/y", host / "file")] + shared)
     tree.destroy_sandbox("s1")
-    assert [(g.directory, g.host_dir, g.writable, list(g.names)) for g in shared] == copies
+    assert content(shared) == copies
     assert sorted(sandbox_top(tree, "s2").children[b"inc"].children) == [b"a", b"b", b"sub"]
 
 
@@ -1292,6 +1287,6 @@ def test_first_host_path_answers_from_a_lazy_leaf_without_materialising_it(host)
     tree = Tree()
     tree.create_sandbox("s", [m("/file", host / "file")])
     top = tree.sandboxes[b"s"].node
-    assert type(top.children[b"file"]) is bytes  # lazy
+    assert isinstance(top.children[b"file"], LazyFile)  # lazy
     assert tree.first_host_path() == os.fsencode(host)
-    assert type(top.children[b"file"]) is bytes  # still lazy
+    assert isinstance(top.children[b"file"], LazyFile)  # still lazy

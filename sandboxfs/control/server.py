@@ -33,22 +33,16 @@ from typing import Iterable
 
 import trio
 
-from .errors import SandboxfsError, describe_oserror
-from .framing import DEFAULT_MAX_MESSAGE_SIZE, FramingError, MessageReader, encode
-from .protocol import PrefixTable, error, error_from, ok
-from .reconfig import Reconfigurer
+from sandboxfs.control.framing import DEFAULT_MAX_MESSAGE_SIZE, MessageReader, encode
+from sandboxfs.control.protocol import PrefixTable, error, error_from, ok, request_id
+from sandboxfs.control.reconfig import Reconfigurer
+from sandboxfs.errors import ControlError, ProtocolError, SandboxfsError, describe_oserror
 
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 1 << 20
 # Decoding more buffered bytes than this moves to a worker thread.
 OFF_LOOP_BYTES = 1 << 20
-
-
-class ControlError(SandboxfsError):
-    """The control socket cannot be set up."""
-
-    code = "control"
 
 
 def _stale(path: str) -> bool:
@@ -195,15 +189,16 @@ class ControlServer:
                     return
                 try:
                     reader.feed(data)
-                    if reader.pending > OFF_LOOP_BYTES:
+                    large = reader.pending > OFF_LOOP_BYTES
+                    if large:
                         messages = await trio.to_thread.run_sync(reader.drain)
                     else:
                         messages = reader.drain()
                     for message in messages:
-                        await self._answer(stream, message, prefixes)
+                        await self._answer(stream, message, prefixes, large)
                     if reader.failed:  # undecodable bytes followed those messages
-                        reader.drain()  # raises their FramingError
-                except FramingError as exc:
+                        reader.drain()  # raises their ProtocolError
+                except ProtocolError as exc:
                     log.warning("closing control connection: %s", exc)
                     await stream.send_all(encode(error(None, exc.code, str(exc))))
                     return
@@ -225,23 +220,25 @@ class ControlServer:
             await stream.send_all(encode(error(None, "timeout", message)))
         return b""
 
-    async def _answer(self, stream: trio.abc.Stream, message, prefixes: PrefixTable) -> None:
-        request_id = message.get("id") if isinstance(message, dict) else None
+    async def _answer(self, stream: trio.abc.Stream, message, prefixes: PrefixTable,
+                      large: bool) -> None:
+        ident = request_id(message)
         # Requests queued behind the one in flight get the same deadline.
         with trio.CancelScope(shield=True, deadline=self._shutdown_deadline) as scope:
             self._in_flight.add(scope)
             try:
                 try:
-                    response = ok(request_id, await self.reconfigurer.apply(message, prefixes))
+                    result = await self.reconfigurer.apply_message(message, prefixes, large)
+                    response = ok(ident, result)
                 except SandboxfsError as exc:
-                    response = error_from(request_id, exc)
+                    response = error_from(ident, exc)
                 except Exception as exc:  # our bug: answer it, keep serving
-                    log.exception("control request %r failed", request_id)
-                    response = error(request_id, "internal", f"internal error: {exc!r}")
+                    log.exception("control request %r failed", ident)
+                    response = error(ident, "internal", f"internal error: {exc!r}")
                 try:
                     data = encode(response)
                 except Exception as exc:  # e.g. a value msgpack cannot carry
-                    log.exception("cannot encode the answer to control request %r", request_id)
+                    log.exception("cannot encode the answer to control request %r", ident)
                     data = encode(error(None, "internal", f"internal error: {type(exc).__name__}"))
                 with trio.move_on_after(self.stall_timeout) as send_scope:
                     await stream.send_all(data)
@@ -251,5 +248,5 @@ class ControlServer:
             raise trio.ClosedResourceError("shutdown deadline passed")
         if send_scope.cancelled_caught:
             log.warning("closing control connection: the client has not read its answer "
-                        "to request %r for %g s", request_id, self.stall_timeout)
+                        "to request %r for %g s", ident, self.stall_timeout)
             raise trio.ClosedResourceError("the client stopped reading")

@@ -8,11 +8,10 @@ not UTF-8 work; ``str`` input is encoded with ``os.fsencode``.
 from __future__ import annotations
 
 import os
-from typing import Iterable, NamedTuple
 
 import attrs
 
-from .errors import MappingError
+from sandboxfs.errors import MappingError
 
 PathLike = str | bytes
 
@@ -115,33 +114,6 @@ def parse_mapping_flag(text: str) -> Mapping:
         raise MappingError(f"bad mapping {text}: {exc.message}") from None
 
 
-def describe_all(mappings: Iterable[Mapping]) -> str:
-    return ", ".join(m.describe() for m in mappings)
-
-
-class MappingGroup(NamedTuple):
-    """Many mappings at once: ``directory/NAME`` shows ``host_dir/NAME`` for each NAME.
-
-    This is how toolchains are mapped (a header directory mirrored file by
-    file), and it is what keeps a 100,000-mapping sandbox cheap: the names are
-    checked and stored in bulk, and read-only ones share one host-directory
-    string instead of a node each.  ``names`` are plain names (no '/', no
-    NUL, not '', '.' or '..': the decoder checks them with ``check_names`` and
-    splits names holding '/' into one group per directory); one listed twice
-    is refused by the tree as "already mapped", where its index is known.  A
-    NamedTuple rather than an attrs class: a big request builds thousands of
-    them, and tuples build in C.
-    """
-
-    directory: tuple[bytes, ...]
-    host_dir: bytes
-    writable: bool
-    names: tuple[bytes, ...] | list[bytes]
-
-    def path(self, offset: int) -> bytes:
-        return b"/" + b"/".join(self.directory + (self.names[offset],))
-
-
 _BAD_NAME = "a name is empty, '.' or '..', or has such a component"
 
 
@@ -170,8 +142,3 @@ def first_bad_name(names: list[bytes]) -> tuple[int, str] | None:
         if reason:
             return offset, reason
     return None
-
-
-def spec_size(spec: "Mapping | MappingGroup") -> int:
-    """How many mappings a spec stands for."""
-    return len(spec.names) if isinstance(spec, MappingGroup) else 1

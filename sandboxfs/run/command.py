@@ -28,24 +28,19 @@ from typing import Iterator, Sequence
 import attrs
 import msgpack
 
-from . import confine
-from .client import Client
-from .errors import SandboxfsError
-from .instance import PrivateInstance
-from .mapping import Mapping
-
-EXIT_TIMEOUT = 124
-EXIT_FAILED = confine.SETUP_FAILED
+from sandboxfs.control.client import Client
+from sandboxfs.errors import (
+    EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_RUN_FAILED, EXIT_RUN_TIMEOUT, RunError,
+)
+from sandboxfs.run import confine
+from sandboxfs.run.private_mount import PrivateMount
+from sandboxfs.tree.mapping import Mapping
 
 # What --map-system maps read-only: the toolchain's directories, and /etc
 # entry by entry without credentials and keys.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_SECRETS = frozenset({"shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d",
                          "ssh", "ssl", "security", "subuid", "subgid", "machine-id"})
-
-
-class RunError(SandboxfsError):
-    code = "run"
 
 
 class _Interrupted(Exception):
@@ -86,7 +81,7 @@ def run(config: RunConfig) -> int:
     with contextlib.ExitStack() as stack:
         control = config.control
         if control is None:
-            control = stack.enter_context(PrivateInstance()).control
+            control = stack.enter_context(PrivateMount()).control
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="sandboxfs-run-"))
         mappings = list(config.mappings)
         added: list[str] = []  # mappings of our own, not the caller's: never "unused"
@@ -136,10 +131,10 @@ def _run_command(config: RunConfig, root: str, env: dict[str, str]) -> int:
         except FileNotFoundError as exc:
             missing = "--cwd " + config.cwd if exc.filename == cwd else config.argv[0]
             print(f"sandboxfs run: {missing}: {exc.strerror}", file=sys.stderr)
-            return 127 if missing == config.argv[0] else EXIT_FAILED
+            return EXIT_NOT_FOUND if missing == config.argv[0] else EXIT_RUN_FAILED
         except OSError as exc:  # EACCES, ENOEXEC...: found but cannot be executed
             print(f"sandboxfs run: {config.argv[0]}: {exc.strerror}", file=sys.stderr)
-            return 126
+            return EXIT_CANNOT_EXECUTE
 
         def kill_group() -> None:
             with contextlib.suppress(ProcessLookupError):
@@ -160,25 +155,19 @@ def _supervise(pid: int, timeout: float | None, kill, errors: int | None = None)
             if problem:
                 os.waitpid(pid, 0)
                 print(f"sandboxfs run: --confine: {problem.strip()}", file=sys.stderr)
-                return EXIT_FAILED
+                return EXIT_RUN_FAILED
         with _pidfd(pid) as fd:
             if not select.select([fd], [], [], timeout)[0]:
                 print(f"sandboxfs run: timed out after {timeout:g} s; killing the command",
                       file=sys.stderr)
                 kill()
                 os.waitpid(pid, 0)
-                return EXIT_TIMEOUT
-        return _exit_code(os.waitpid(pid, 0)[1])
+                return EXIT_RUN_TIMEOUT
+        return confine.exit_code(os.waitpid(pid, 0)[1])
     except _Interrupted as exc:
         kill()
         os.waitpid(pid, 0)
         return 128 + exc.signum
-
-
-def _exit_code(status: int) -> int:
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
 
 
 def _read_all(fd: int) -> str:

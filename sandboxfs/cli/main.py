@@ -1,8 +1,10 @@
-"""The command line: argument parsing and exit codes, nothing else.
+"""The command line: argument parsing and exit statuses, nothing else.
 
-Exit codes: 0 success, 1 a runtime error (a path, the kernel), 2 a usage
-error (a bad flag or value).  Our errors print as one line without a
-traceback; anything else is a bug and keeps its traceback.
+Each subcommand is a small function that hands off to the module that does
+the work.  Exit statuses come from ``errors`` (0 success, 1 a runtime error,
+2 a usage error; ``sandboxfs run`` has its own, see run/command.py).  Our
+errors print as one line without a traceback; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ import logging
 import sys
 from typing import Sequence
 
-from . import __version__, commands, compat, logs
-from .errors import MappingError, SandboxfsError, UsageError, describe_oserror
-from .framing import DEFAULT_MAX_MESSAGE_SIZE
-from .mapping import Mapping, parse_mapping_flag
+from sandboxfs import __version__, compat, logs
+from sandboxfs.cli import control_commands as commands
+from sandboxfs.control.framing import DEFAULT_MAX_MESSAGE_SIZE
+from sandboxfs.errors import (
+    EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, MappingError, SandboxfsError,
+    UsageError, describe_oserror,
+)
+from sandboxfs.tree.groups import DEFAULT_BUDGET_BYTES
+from sandboxfs.tree.mapping import Mapping, parse_mapping_flag
 
 log = logging.getLogger("sandboxfs")
-
-EXIT_RUNTIME = 1
-EXIT_USAGE = 2
 
 
 def _mapping_arg(text: str) -> Mapping:
@@ -72,6 +76,9 @@ def _add_mount_parser(subparsers) -> None:
     p.add_argument("--control-timeout", type=_seconds_arg, default=30.0, metavar="SECONDS",
                    help="close a control connection that stalls inside a message or stops "
                    "reading its answers for this long (default: 30)")
+    p.add_argument("--group-memory-mb", type=int, default=DEFAULT_BUDGET_BYTES >> 20, metavar="MB",
+                   help="memory for the groups of mappings kept by digest, shared by all "
+                   "connections (default: %(default)s)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="default: info")
     p.add_argument("mount_point", metavar="MOUNT_POINT")
@@ -89,7 +96,7 @@ def _size_arg(text: str) -> int:
 
 
 def _cmd_mount(args: argparse.Namespace) -> int:
-    from .mount import MountConfig, default_control_path, run  # pyfuse3 only to mount
+    from sandboxfs.mount import MountConfig, default_control_path, run  # pyfuse3 only to mount
 
     control = None if args.no_control else args.control or default_control_path(args.mount_point)
     config = MountConfig(
@@ -102,9 +109,10 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         control_allow_uids=tuple(args.control_allow_uid),
         max_message_size=args.max_message_size,
         control_timeout=args.control_timeout,
+        group_memory=args.group_memory_mb << 20,
     )
     run(config)
-    return 0  # a signal or an external unmount is the normal end of `mount`
+    return EXIT_OK  # a signal or an external unmount is the normal end of `mount`
 
 
 def _add_run_parser(subparsers) -> None:
@@ -143,8 +151,8 @@ def _add_run_parser(subparsers) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import run
-    from .commands import control_path
+    from sandboxfs.run import command as run
+    from sandboxfs.cli.control_commands import control_path
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
@@ -165,9 +173,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         return run.run(config)
-    except SandboxfsError as exc:
+    except SandboxfsError as exc:  # whatever it was, it was not the command's
         print(f"sandboxfs run: {exc.message}", file=sys.stderr)
-        return run.EXIT_FAILED
+        return EXIT_RUN_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,9 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except SandboxfsError as exc:
         print(f"sandboxfs: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE if exc.code == "usage" else EXIT_RUNTIME
+        return exc.exit_status
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except OSError as exc:  # e.g. the control socket is not there
         where = f" {exc.filename}:" if exc.filename else ""
         print(f"sandboxfs:{where} {describe_oserror(exc)}", file=sys.stderr)

@@ -15,15 +15,15 @@ from typing import Any, Callable
 
 import msgpack
 
-from .client import Client
-from .errors import InvalidRequestError, UsageError
+from sandboxfs.control.client import Client
+from sandboxfs.errors import InvalidRequestError, UsageError
 
 
 def control_path(args: argparse.Namespace) -> str:
     if args.control:
         return args.control
     if args.mount_point:
-        from .mount import default_control_path
+        from sandboxfs.mount import default_control_path
 
         return default_control_path(args.mount_point)
     raise UsageError("give --control PATH (or --mount-point DIR to use DIR.sock)")

@@ -15,15 +15,18 @@ The node's type is not needed here: it is read with ``lstat`` on first
 lookup, when attributes are needed anyway.
 
 Owns: existence checks of host paths.  Reads the host filesystem, never writes.
+Pure: no pyfuse3, no trio.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
-from .errors import describe_oserror
+from sandboxfs.errors import MappingError, describe_oserror
+from sandboxfs.tree.groups import Group
+from sandboxfs.tree.mapping import Mapping, display
 
 # A group of this many names under one host directory is checked against a
 # listing of the directory instead of one lstat() each.
@@ -123,3 +126,47 @@ def split_host_path(path: bytes) -> tuple[bytes, bytes]:
     """(directory, name) of a host path; ("/", "") for the root."""
     directory, _, name = path.rpartition(b"/")
     return directory or b"/", name
+
+
+Spec = Mapping | Group
+
+
+def _host_entries(specs: Sequence[Spec]) -> Iterator[tuple[bytes, Sequence[bytes]]]:
+    for spec in specs:
+        if type(spec) is Group:
+            for part in spec.parts:
+                yield part.host_dir, part.names
+        else:
+            directory, name = split_host_path(spec.underlying)
+            yield directory, (name,)
+
+
+def _spec_at(specs: Sequence[Spec], index: int) -> tuple[bytes, bytes]:
+    """(path inside, underlying) of the mapping with flat index ``index``."""
+    for spec in specs:
+        if type(spec) is not Group:
+            if index == 0:
+                return spec.path, spec.underlying
+            index -= 1
+            continue
+        if index < spec.count:
+            for part in spec.parts:
+                if index < len(part.names):
+                    return part.path(index), _join(part.host_dir, part.names[index])
+                index -= len(part.names)
+        index -= spec.count
+    raise IndexError(index)
+
+
+def require_underlying(label: str, specs: Sequence[Spec]) -> None:
+    """Raise MappingError naming the first mapping whose underlying path is missing."""
+    missing = find_missing(_host_entries(specs))
+    if missing:
+        index = min(missing)
+        path, host = _spec_at(specs, index)
+        reason = f"underlying path {display(host)} does not exist: {missing[index]}"
+        raise MappingError(
+            f"{label}: mapping {index} ({display(path)}): {reason}",
+            details={"index": index, "path": display(path), "reason": reason,
+                     "missing": sorted(missing)[:100]},
+        )

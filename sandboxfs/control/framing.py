@@ -7,7 +7,8 @@ or many messages in one read) into whole decoded values, and refuses a
 message larger than ``max_message_size`` *before* buffering it all: the
 unpacker's buffer is capped at that size, so a peer cannot make us hold more.
 
-No trio, no sockets: the server and both clients use this.
+No trio, no sockets: the server and both clients use this.  Undecodable
+bytes raise ``errors.ProtocolError``, an oversized message ``errors.TooLargeError``.
 """
 
 from __future__ import annotations
@@ -16,17 +17,10 @@ from typing import Any
 
 import msgpack
 
+from sandboxfs.errors import ProtocolError, TooLargeError
+
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-
-
-class FramingError(Exception):
-    """The byte stream cannot be decoded any more: the connection must close."""
-
-    code = "invalid_framing"
-
-
-class MessageTooLarge(FramingError):
-    code = "too_large"
+NOTHING = object()  # ``next_message`` when no whole message has arrived yet
 
 
 class MessageReader:
@@ -51,7 +45,8 @@ class MessageReader:
         # Where the message being decoded began.  Not ``tell()``: the unpacker
         # parses a partial message incrementally and tell() counts those bytes.
         self._start = 0
-        self._error: FramingError | None = None
+        self._error: ProtocolError | None = None
+        self._ready: list[Any] = []  # drained, not yet taken by next_message
 
     @property
     def pending(self) -> int:
@@ -66,6 +61,12 @@ class MessageReader:
     def feed(self, data: bytes) -> None:
         self._raw += data
 
+    def next_message(self) -> Any:
+        """The next whole message received, or ``NOTHING`` (feed more bytes first)."""
+        if not self._ready:
+            self._ready.extend(self.drain())
+        return self._ready.pop(0) if self._ready else NOTHING
+
     def drain(self) -> list[Any]:
         """Decode every complete message received so far, in order."""
         if self._error is not None:
@@ -73,7 +74,7 @@ class MessageReader:
         messages: list[Any] = []
         try:
             self._drain_into(messages)
-        except FramingError as exc:
+        except ProtocolError as exc:
             if not messages:
                 raise
             self._error = exc  # answer the messages before it first
@@ -86,7 +87,7 @@ class MessageReader:
                 return
             room = self.max_message_size - (self._fed - self._start)
             if room <= 0:
-                raise MessageTooLarge(
+                raise TooLargeError(
                     f"message larger than the limit of {self.max_message_size} bytes"
                 )
             piece = bytes(self._raw[:room])
@@ -103,12 +104,12 @@ class MessageReader:
                 return
             except ValueError as exc:
                 if "exceeds max" in str(exc):  # e.g. an array header claiming more than fits
-                    raise MessageTooLarge(
+                    raise TooLargeError(
                         f"message larger than the limit of {self.max_message_size} bytes ({exc})"
                     ) from None
-                raise FramingError(f"undecodable msgpack ({type(exc).__name__}: {exc})") from None
+                raise ProtocolError(f"undecodable msgpack ({type(exc).__name__}: {exc})") from None
             except (msgpack.ExtraData, TypeError, msgpack.UnpackException) as exc:
-                raise FramingError(f"undecodable msgpack ({type(exc).__name__}: {exc})") from None
+                raise ProtocolError(f"undecodable msgpack ({type(exc).__name__}: {exc})") from None
 
 
 def encode(message: Any) -> bytes:

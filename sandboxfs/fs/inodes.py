@@ -13,20 +13,16 @@ attributes come from ``fstat`` on that descriptor, so an open file keeps
 working after it is unlinked or renamed (what POSIX promises and compilers
 rely on for temporary files).
 
-Knows nothing of pyfuse3: callers turn StaleError into ESTALE.
+Knows no transport: they answer StaleError with ESTALE (``interface.errno_of``).
 """
 
 from __future__ import annotations
 
 from typing import Iterator
 
-from .tree import MappedNode, Node
+from sandboxfs.fs.interface import ROOT_INODE, StaleError
+from sandboxfs.tree.nodes import FoundNode, Node
 
-ROOT_INODE = 1
-
-
-class StaleError(KeyError):
-    """The kernel named an inode or file handle we no longer hold (ESTALE)."""
 
 
 class Handle:
@@ -98,7 +94,7 @@ class InodeTable:
 
     def _drop(self, node: Node) -> None:
         del self._nodes[node.ino]
-        if isinstance(node, MappedNode) and node.parent is not None:
+        if type(node) is FoundNode and node.parent is not None:
             node.parent.forget_known(node)
 
     # -- handles ---------------------------------------------------------------------

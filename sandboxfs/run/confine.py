@@ -34,7 +34,9 @@ import socket
 import struct
 from typing import Mapping, Sequence
 
-SETUP_FAILED = 125
+from sandboxfs.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_RUN_FAILED
+
+SETUP_FAILED = EXIT_RUN_FAILED
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -174,7 +176,7 @@ def _pid1(root: str, cwd: str, argv: Sequence[str], env: Mapping[str, str], netw
         except InterruptedError:
             continue
         if pid == command:
-            return _exit_code(status)
+            return exit_code(status)
 
 
 def _exec(argv: Sequence[str], env: Mapping[str, str]) -> None:
@@ -184,7 +186,7 @@ def _exec(argv: Sequence[str], env: Mapping[str, str]) -> None:
         os.execvpe(argv[0], list(argv), dict(env))
     except OSError as exc:
         os.write(2, f"sandboxfs run: {argv[0]}: {exc.strerror}\n".encode())
-        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+        os._exit(EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_CANNOT_EXECUTE)
 
 
 def _forward_signals(pid: int) -> None:
@@ -198,7 +200,7 @@ def _forward_signals(pid: int) -> None:
         signal.signal(number, forward)
 
 
-def _exit_code(status: int) -> int:
+def exit_code(status: int) -> int:
     """A wait status as a shell would report it: the exit code, or 128 + the signal."""
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
@@ -230,7 +232,7 @@ def _keeper(root: str, cwd: str, argv: Sequence[str], env: Mapping[str, str], ne
             _pid, status = os.waitpid(pid1, 0)
         except InterruptedError:
             continue
-        return _exit_code(status)
+        return exit_code(status)
 
 
 def _run_child(body, report_fd: int, *args) -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of sandboxfs.underlying: existence checks of host paths.
+"""Unit tests of sandboxfs.tree.existence: existence checks of host paths.
 
 ``find_missing`` takes (host directory, names) entries in request order and
 checks small groups with one ``lstat`` per name, groups of
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from sandboxfs import underlying
+from sandboxfs.tree import existence
 from sandboxfs.errors import errno_name
-from sandboxfs.underlying import LISTING_THRESHOLD, find_missing, split_host_path
+from sandboxfs.tree.existence import LISTING_THRESHOLD, find_missing, split_host_path
 
 ENOENT = errno_name(errno.ENOENT)
 ENOTDIR = errno_name(errno.ENOTDIR)
@@ -33,7 +33,7 @@ def b(path: Path | str) -> bytes:
 @pytest.fixture(autouse=True)
 def empty_listing_cache(monkeypatch):
     """Each test starts with no cached directory listings."""
-    monkeypatch.setattr(underlying, "_listings", {})
+    monkeypatch.setattr(existence, "_listings", {})
 
 
 @pytest.fixture
@@ -50,8 +50,8 @@ def syscalls(monkeypatch) -> dict[str, list[bytes]]:
         calls["lstat"].append(path)
         return real_lstat(path, *args, **kwargs)
 
-    monkeypatch.setattr(underlying.os, "listdir", listdir)
-    monkeypatch.setattr(underlying.os, "lstat", lstat)
+    monkeypatch.setattr(existence.os, "listdir", listdir)
+    monkeypatch.setattr(existence.os, "lstat", lstat)
     return calls
 
 
@@ -272,7 +272,7 @@ def test_a_covered_name_list_is_not_looked_up_again(tmp_path, monkeypatch):
             lookups.append(other)
             return frozenset.issuperset(self, other)
 
-    listing = underlying._listings[b(d)]
+    listing = existence._listings[b(d)]
     listing.names = Spy(listing.names)
     assert find_missing(big_request(d, names)) == {}  # the same list object: known
     assert lookups == []
@@ -294,9 +294,9 @@ def test_a_listing_remembers_only_a_few_name_lists(tmp_path):
     d = tmp_path / "d"
     names = make_files(d, [f"f{i}" for i in range(LISTING_THRESHOLD)])
     age(d)
-    lists = [list(names) for _ in range(underlying._MAX_COVERED + 3)]
+    lists = [list(names) for _ in range(existence._MAX_COVERED + 3)]
     for each in lists:
         assert find_missing(big_request(d, each)) == {}
-    covered = underlying._listings[b(d)].covered
-    assert len(covered) == underlying._MAX_COVERED
+    covered = existence._listings[b(d)].covered
+    assert len(covered) == existence._MAX_COVERED
     assert all(any(known is each for each in lists) for known in covered)
