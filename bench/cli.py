@@ -26,7 +26,7 @@ import attrs
 from bench import mounts, report, tree
 from bench.measure import Progress
 from bench.scenarios import actions, io, scale, setup
-from bench.strategies import (FOREST_STRATEGIES, InPlace, Sandboxfs, SandboxfsReuse,
+from bench.strategies import (FOREST_STRATEGIES, InPlace, Sandboxfs, SandboxfsPrepared, SandboxfsReuse,
                               Strategy)
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class Env:
         if name not in self._strategies:
             if name == "sandboxfs":
                 s: Strategy = Sandboxfs(self.workdir, self.mount.mount_point, self.mount.socket)
+            elif name == "sandboxfs_prepared":
+                s = SandboxfsPrepared(self.workdir, self.mount.mount_point, self.mount.socket)
             elif name == "sandboxfs_reuse":
                 s = SandboxfsReuse(self.workdir, self.mount.mount_point, self.mount.socket)
             else:
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     docs = args.docs if args.docs else (ROOT / "docs" if config.mode == "full" else None)
 
     mounts.interrupts_as_keyboard()
+    mounts.pin_client()
     results = {"mode": config.mode, "config": attrs.asdict(config),
                "machine": {**machine(), "work_fs": _version(["stat", "-f", "-c", "%T",
                                                              str(args.workdir)])},

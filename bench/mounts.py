@@ -1,86 +1,53 @@
 """FUSE mounts in child processes (sandboxfs, bindfs), always cleaned up.
 
-Each mount is a child process in its own session (so Ctrl-C reaches only us and
-we stop it in order), ended by PID: SIGTERM, then ``fusermount3 -u -z``, then
-SIGKILL.  ``stop`` is idempotent and verifies nothing is left mounted; callers
-register it on an ``ExitStack`` right after ``start``.  ``interrupts_as_keyboard``
+Each mount is a ``sandboxfs.fuse.child_mount.ChildMount`` in its own session (so
+Ctrl-C reaches only us and we stop it in order); ``stop`` is idempotent and
+verifies nothing is left mounted; callers register it on an ``ExitStack`` right
+after ``start``.  ``interrupts_as_keyboard``
 turns SIGTERM into KeyboardInterrupt so the same ``finally`` blocks run.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
-log = logging.getLogger(__name__)
-
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
+from sandboxfs.fuse.child_mount import ChildMount, sandboxfs_command
 
 
-def is_mounted(path: str | os.PathLike) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4].encode().decode("unicode_escape") == target for line in f)
+# The machine has 2 vCPUs: servers run on the last one, the measuring process on the
+# first (``pin_client``), so a vCPU wake-up does not decide which side waits.
+SERVER_CPU = (os.cpu_count() or 1) - 1
+CLIENT_CPU = 0
 
 
-def fusermount_lazy(path: str | os.PathLike) -> None:
-    subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+def pinned(command: Sequence[str]) -> list[str]:
+    """``command`` run on ``SERVER_CPU`` (taskset execs it: the PID stays the server's)."""
+    return ["taskset", "-c", str(SERVER_CPU), *command] if SERVER_CPU > CLIENT_CPU else list(command)
 
 
-class FuseChild:
-    """One FUSE daemon run in the foreground as a child process."""
+def pin_client() -> None:
+    """Keep this process (and what it starts: forests' cp, actions) off the servers' CPU."""
+    if SERVER_CPU > CLIENT_CPU:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+
+
+class FuseChild(ChildMount):
+    """One FUSE daemon run in the foreground as a child process in its own session,
+    pinned to ``SERVER_CPU``."""
 
     def __init__(self, name: str, command: Sequence[str], mount_point: Path, log_path: Path,
                  ready: Path | None = None) -> None:
+        super().__init__(pinned(command), mount_point, log_path, own_session=True,
+                         ready=(lambda: ready.exists()) if ready is not None else None)
         self.name = name
-        self.command = list(command)
-        self.mount_point = Path(mount_point)
-        self.log_path = log_path
-        self.ready = ready  # a path that must exist too (the control socket)
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> "FuseChild":
         self.mount_point.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=out, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before "
-                                   f"mounting:\n{self.log_path.read_text(errors='replace')}")
-            if is_mounted(self.mount_point) and (self.ready is None or self.ready.exists()):
-                log.debug("%s mounted at %s (pid %d)", self.name, self.mount_point, self.proc.pid)
-                return self
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not mount within {START_TIMEOUT}s")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                fusermount_lazy(self.mount_point)
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT)
-        if is_mounted(self.mount_point):
-            fusermount_lazy(self.mount_point)
-        if is_mounted(self.mount_point):
-            raise RuntimeError(f"{self.mount_point} is still mounted after cleanup")
+        super().start()
+        return self
 
 
 def sandboxfs(workdir: Path, mappings: Sequence[str] = (), ttl: float = 60.0,
@@ -88,11 +55,10 @@ def sandboxfs(workdir: Path, mappings: Sequence[str] = (), ttl: float = 60.0,
     """A sandboxfs mount with a control socket at ``<mount point>.sock``."""
     mount_point = workdir / name
     socket = Path(str(mount_point) + ".sock")
-    command = [sys.executable, "-m", "sandboxfs", "mount", "--log-level", "warning",
-               "--ttl", str(ttl), "--control", str(socket)]
+    args = ["--log-level", "warning", "--ttl", str(ttl), "--control", str(socket)]
     for m in mappings:
-        command += ["--mapping", m]
-    child = FuseChild(name, command + [str(mount_point)], mount_point,
+        args += ["--mapping", m]
+    child = FuseChild(name, sandboxfs_command(mount_point, args), mount_point,
                       workdir / f"{name}.log", ready=socket)
     child.socket = str(socket)  # type: ignore[attr-defined]
     return child

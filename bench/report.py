@@ -18,6 +18,7 @@ STRATEGY_LABELS = {
     "in_place": "no sandbox", "symlink_py": "symlink forest (Python)",
     "symlink_cp": "symlink forest (cp -rs)", "hardlink": "hard-link forest (cp -al)",
     "copy": "full copy (cp -r)", "sandboxfs": "sandboxfs", "sandboxfs_reuse": "sandboxfs, reused",
+    "sandboxfs_prepared": "sandboxfs, prepared inputs",
 }
 METRIC_LABELS = {
     "seq_read_first": "sequential read, first", "seq_read_repeat": "sequential re-read",

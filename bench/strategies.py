@@ -26,7 +26,7 @@ from pathlib import Path
 
 import attrs
 
-from sandboxfs.client import Client
+from sandboxfs.client import Client, prepare
 
 
 @attrs.frozen
@@ -54,6 +54,9 @@ class Strategy:
     def __init__(self, workdir: Path) -> None:
         self.base = workdir / "sandboxes" / self.name
         self.base.mkdir(parents=True, exist_ok=True)
+
+    def ready(self, spec: Spec) -> None:
+        """Work done before an action's timer starts (forests: none)."""
 
     def setup(self, ident: str, spec: Spec, slot: int = 0) -> Path:
         raise NotImplementedError
@@ -199,11 +202,26 @@ class Sandboxfs(Strategy):
         self._listed: tuple[Spec, list] | None = None
 
     def mapping_list(self, spec: Spec) -> list[tuple[str, str, bool]]:
-        """The spec as the (path, host, writable) list a build tool holds; made once per spec,
-        as the forests get their relative paths ready-made."""
+        """The spec as the (path, host, writable) list a build tool holds.
+
+        Built afresh for every action (new tuples of new strings, equal content), as a build
+        tool builds its input list per action; ``ready`` builds it before the timer starts,
+        as the forests get their relative paths ready-made.
+        """
         if self._listed is None or self._listed[0] is not spec:
-            self._listed = (spec, [(path, host, w) for path, (host, w) in spec.mappings().items()])
+            self.ready(spec)
         return self._listed[1]
+
+    def ready(self, spec: Spec) -> None:
+        """Build the next action's list now, outside the timed part."""
+        self._listed = (spec, [("".join((path, "")), "".join((host, "")), w)
+                               for path, (host, w) in spec.mappings().items()])
+
+    def take_list(self, spec: Spec):
+        """The list made ready for this action; the next action gets a new one."""
+        mappings = self.mapping_list(spec)
+        self._listed = None
+        return mappings
 
     def client(self, slot: int) -> Client:
         # One connection per worker slot: a blocking Client is not thread-safe.
@@ -212,7 +230,7 @@ class Sandboxfs(Strategy):
         return self._clients[slot]
 
     def setup(self, ident, spec, slot=0):
-        self.client(slot).create_sandbox(ident, self.mapping_list(spec))
+        self.client(slot).create_sandbox(ident, self.take_list(spec))
         return self.mount_point / ident
 
     def collect(self, ident, spec, sandbox):
@@ -226,6 +244,20 @@ class Sandboxfs(Strategy):
             client.close()
         self._clients.clear()
         super().close()
+
+
+class SandboxfsPrepared(Sandboxfs):
+    """As ``Sandboxfs``, with the inputs prepared once (``sandboxfs.client.prepare``): the
+    request names the groups the server holds by digest."""
+    name = "sandboxfs_prepared"
+
+    def ready(self, spec: Spec) -> None:
+        if self._listed is None or self._listed[0] is not spec:
+            self._listed = (spec, prepare([(path, host, w)
+                                           for path, (host, w) in spec.mappings().items()]))
+
+    def take_list(self, spec: Spec):
+        return self.mapping_list(spec)
 
 
 class SandboxfsReuse(Sandboxfs):

@@ -1,11 +1,13 @@
 """Scenario 1: setup + teardown of a sandbox of N declared inputs, per strategy.
 
 Every round builds and removes one sandbox with each strategy, in rotated order;
-ratios to the Python symlink forest are computed round by round.  sandboxfs's
-create and destroy round trips are also kept apart, and create is also timed
-for the same inputs in an order the server has not seen (so its cache of
-recent group splits cannot answer: what the first action with a new
-toolchain pays).
+ratios to the Python symlink forest are computed round by round.  sandboxfs
+gets a freshly built mapping list per action (equal content, new objects, as a
+build tool sends: its groups then go by digest), and ``sandboxfs_prepared``
+the same inputs prepared once.  Their create and destroy round trips are also
+kept apart, and create is also timed for the same inputs in an order the
+server has not seen (new content, so the whole group is sent and split: what
+the first action with a new toolchain pays).
 """
 
 from __future__ import annotations
@@ -28,27 +30,33 @@ def _weight(n: int) -> float:
 
 def run(env, config, progress: Progress) -> dict:
     strategies = [env.strategy(name) for name in
-                  ("symlink_py", "symlink_cp", "hardlink", "copy", "sandboxfs")]
+                  ("symlink_py", "symlink_cp", "hardlink", "copy", "sandboxfs",
+                   "sandboxfs_prepared")]
     samples: dict[str, dict[str, list[float]]] = {s.name: {} for s in strategies}
-    parts: dict[str, dict[str, list[float]]] = {"create": {}, "destroy": {}, "create_new_order": {}}
+    parts: dict[str, dict[str, list[float]]] = {
+        "create": {}, "destroy": {}, "create_prepared": {}, "destroy_prepared": {},
+        "create_new_order": {}}
     for n in config.setup_sizes:
         spec = Spec(env.toolchain.root, tuple(env.toolchain.leaf_dirs(n)),
                     tuple(env.toolchain.relative(n)))
         for s in strategies:
             samples[s.name][str(n)] = []
-        parts["create"][str(n)], parts["destroy"][str(n)] = [], []
+        for part in ("create", "destroy", "create_prepared", "destroy_prepared"):
+            parts[part][str(n)] = []
         for r, warm, order in rounds(strategies, config.warmup, config.repeats):
             took = {}
             for s in order:
                 ident = f"s{n}r{r}"
+                s.ready(spec)
                 with Timer() as setup:
                     s.setup(ident, spec)
                 with Timer() as teardown:
                     s.teardown(ident, spec)
                 took[s.name] = setup.elapsed + teardown.elapsed
-                if not warm and s.name == "sandboxfs":
-                    parts["create"][str(n)].append(setup.elapsed)
-                    parts["destroy"][str(n)].append(teardown.elapsed)
+                if not warm and s.name.startswith("sandboxfs"):
+                    key = "" if s.name == "sandboxfs" else "_prepared"
+                    parts["create" + key][str(n)].append(setup.elapsed)
+                    parts["destroy" + key][str(n)].append(teardown.elapsed)
             if not warm:
                 for name, t in took.items():
                     samples[name][str(n)].append(t)
