@@ -19,8 +19,11 @@ $(VENV)/.stamp: pyproject.toml | system
 	$(VENV)/bin/python -m pip install -e '.[test,bench]'
 	touch $@
 
+# Everything on our kernel transport (the default), then every real-mount test
+# again on the pyfuse3 transport: both must pass.
 test: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	SANDBOXFS_TRANSPORT=pyfuse3 $(VENV)/bin/python -m pytest tests/fuse $(PYTEST_ARGS)
 
 # The long versions of the reliability suites (docs/reliability.md): the same
 # tests with SANDBOXFS_SOAK=1, which scales them up (e.g. 1,000,000 random operations).

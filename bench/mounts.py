@@ -51,11 +51,12 @@ class FuseChild(ChildMount):
 
 
 def sandboxfs(workdir: Path, mappings: Sequence[str] = (), ttl: float = 60.0,
-              name: str = "sandboxfs") -> FuseChild:
+              name: str = "sandboxfs", transport: str = "kernel") -> FuseChild:
     """A sandboxfs mount with a control socket at ``<mount point>.sock``."""
     mount_point = workdir / name
     socket = Path(str(mount_point) + ".sock")
-    args = ["--log-level", "warning", "--ttl", str(ttl), "--control", str(socket)]
+    args = ["--log-level", "warning", "--ttl", str(ttl), "--control", str(socket),
+            "--transport", transport]
     for m in mappings:
         args += ["--mapping", m]
     child = FuseChild(name, sandboxfs_command(mount_point, args), mount_point,
@@ -87,3 +88,10 @@ def interrupts_as_keyboard() -> None:
         raise _Interrupted(f"signal {signum}")
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, handler)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

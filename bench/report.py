@@ -169,16 +169,23 @@ def _io_section(data: dict, plots: Path) -> str:
                      *(_range(r["layers"][l]) for l in data["layers"]),
                      _ratio(ratio), verdict])
     _plot_io(data, plots / "io.png")
-    return "\n\n".join([
+    cpu = data.get("server_cpu_us_per_request", {})
+    cpu_line = ("Server CPU per FUSE request (the server's CPU time from /proc over the requests "
+                "it counted, whole scenario): " + ", ".join(
+                    f"{name} {us:.1f} µs" for name, us in cpu.items()) + ".") if cpu else ""
+    return "\n\n".join(part for part in [
         "## 3. I/O: native vs sandboxfs vs bindfs",
-        "The same host directory seen natively, through a read-write sandboxfs mapping "
-        f"(`--ttl 60`), and through bindfs (`-o {data['bindfs_options']}`). Fresh files each round: "
+        "The same host directory seen natively, through sandboxfs (a read-only mapping, and a "
+        "read-write one for the writes; `--ttl 60`) on our kernel transport (*sandboxfs*) and on "
+        f"pyfuse3 (*sandboxfs_pyfuse3*), and through bindfs (`-o {data['bindfs_options']}`). "
+        "Fresh files each round: "
         "*first* = never looked at through that layer (host page cache warm), *repeated* = "
-        "immediately again. Ratio = sandboxfs vs bindfs per round, oriented so that > 1 means "
-        "sandboxfs is better; *at or better* allows 5% noise.",
+        "immediately again. Ratio = sandboxfs (kernel transport) vs bindfs per round, oriented "
+        "so that > 1 means sandboxfs is better; *at or better* allows 5% noise.",
         _table(["operation", *data["layers"], "sandboxfs vs bindfs", "verdict"], rows),
+        cpu_line,
         "![I/O per layer](plots/io.png)",
-    ])
+    ] if part)
 
 
 def _plot_io(data: dict, path: Path) -> None:
@@ -186,7 +193,8 @@ def _plot_io(data: dict, path: Path) -> None:
     rows = data["rows"]
     cols = 4
     fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(13, 9), dpi=100)
-    colors = {"native": "tab:gray", "sandboxfs": "tab:blue", "bindfs": "tab:orange"}
+    colors = {"native": "tab:gray", "sandboxfs": "tab:blue", "sandboxfs_pyfuse3": "tab:cyan",
+              "bindfs": "tab:orange"}
     for ax, r in zip(axes.flat, rows):
         vals = [r["layers"][l]["median"] or 0 for l in data["layers"]]
         bars = ax.bar(data["layers"], vals, color=[colors[l] for l in data["layers"]])

@@ -55,6 +55,8 @@ class MountConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     control_timeout: float = 30.0  # a half-sent message or an unread answer, in seconds
     group_memory: int = DEFAULT_BUDGET_BYTES  # groups kept by digest (tree.groups)
+    transport: str = "kernel"  # kernel | pyfuse3 (TRANSPORTS)
+    passthrough: bool = True   # kernel transport: FUSE passthrough where the kernel allows it
 
     def fuse_options(self) -> set[str]:
         options = {"fsname=sandboxfs", "subtype=sandboxfs", "default_permissions"}
@@ -66,6 +68,26 @@ class MountConfig:
             # for a root mounter "root" is "self", enforced by the kernel.
             options.add("allow_root")
         return options
+
+
+TRANSPORTS = ("kernel", "pyfuse3")
+
+
+def default_transport() -> str:
+    """``$SANDBOXFS_TRANSPORT`` if set (the test suite runs under both), else ``kernel``."""
+    chosen = os.environ.get("SANDBOXFS_TRANSPORT", "kernel")
+    return chosen if chosen in TRANSPORTS else "kernel"
+
+
+def make_transport(config: MountConfig, ops: Operations):
+    """The transport the config names; only pyfuse3's loads libfuse."""
+    if config.transport == "pyfuse3":
+        from sandboxfs.fuse.pyfuse3_transport import Pyfuse3Transport
+
+        return Pyfuse3Transport(ops)
+    from sandboxfs.fuse.kernel.transport import KernelTransport
+
+    return KernelTransport(ops, passthrough=config.passthrough)
 
 
 # A service runs beside the FUSE loop until cancelled; started with nursery.start.
@@ -180,9 +202,7 @@ def run(
     tree = Tree(config.mappings)  # raises MappingError before anything is mounted
     prepare_mount_point(config.mount_point)
     ops = Operations(tree, ttl=config.ttl, xattrs=config.xattrs)
-    from sandboxfs.fuse.pyfuse3_transport import Pyfuse3Transport  # loads libfuse
-
-    transport = Pyfuse3Transport(ops)
+    transport = make_transport(config, ops)
     reconfigurer = Reconfigurer(
         tree,
         KernelCache(transport.notifier),

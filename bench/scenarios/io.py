@@ -1,8 +1,11 @@
-"""Scenario 3: raw I/O through the layers: native directory, sandboxfs, bindfs.
+"""Scenario 3: raw I/O through the layers: native directory, sandboxfs (both transports), bindfs.
 
-All three show the same host directory: sandboxfs as a read-write mapping of one
-sandbox of the shared mount (--ttl 60), bindfs with its caches on (see
-mounts.BINDFS_OPTIONS).  Each round creates fresh files on the host, so "first"
+All show the same host directory: sandboxfs as a read-only mapping (and a
+read-write one for writes) in one sandbox of the shared mount, which runs our
+kernel transport (--ttl 60), and as the same mappings of a second mount on the
+pyfuse3 transport; bindfs with its caches on (see mounts.BINDFS_OPTIONS).
+Server CPU per FUSE request is each sandboxfs server's CPU time (from /proc)
+over the requests it counted, across the scenario.  Each round creates fresh files on the host, so "first"
 means never looked at through that layer (the host page cache is warm: we
 measure the layer, not the disk); "repeat" is the same operation right after.
 Layers run in rotated order; the first round is a warm-up and is dropped.
@@ -15,9 +18,10 @@ import subprocess
 from pathlib import Path
 
 from bench import mounts, tree
+from sandboxfs.client import Client
 from bench.measure import Progress, Timer, paired_ratio, rounds, summary
 
-LAYERS = ("native", "sandboxfs", "bindfs")
+LAYERS = ("native", "sandboxfs", "sandboxfs_pyfuse3", "bindfs")
 CHUNK = 1 << 20
 
 # metric -> (unit, better): "higher" for throughput, "lower" for latency
@@ -96,11 +100,20 @@ def run(env, config, progress: Progress) -> dict:
     big_dir.mkdir()
     for i in range(config.io_dir_entries):
         (big_dir / f"entry{i:05d}").write_bytes(b"")
+    written = data / "w"
+    written.mkdir()
     sandbox = env.strategy("sandboxfs").client(99)
-    sandbox.create_sandbox("io", [("/data", str(data), True)])
+    sandbox.create_sandbox("io", [("/data", str(data), False), ("/w", str(written), True)])
     bind = env.start(mounts.bindfs(env.workdir, data))
+    other = env.start(mounts.sandboxfs(env.workdir, [f"ro:/data:{data}", f"rw:/w:{written}"],
+                                       name="sandboxfs-pyfuse3", transport="pyfuse3"))
     roots = {"native": data, "sandboxfs": env.mount.mount_point / "io" / "data",
-             "bindfs": bind.mount_point}
+             "sandboxfs_pyfuse3": other.mount_point / "data", "bindfs": bind.mount_point}
+    write_roots = {"native": written, "sandboxfs": env.mount.mount_point / "io" / "w",
+                   "sandboxfs_pyfuse3": other.mount_point / "w", "bindfs": bind.mount_point / "w"}
+    servers = {"sandboxfs": (env.mount, Client(env.mount.socket)),
+               "sandboxfs_pyfuse3": (other, Client(other.socket))}
+    before = {name: _server_load(child, client) for name, (child, client) in servers.items()}
     block = os.urandom(CHUNK)
     buf = bytearray(CHUNK)
     samples: dict[str, dict[str, list[float]]] = {m: {l: [] for l in LAYERS} for m in METRICS}
@@ -137,11 +150,11 @@ def run(env, config, progress: Progress) -> dict:
                     entries = os.listdir(root / "listing")
                 assert len(entries) == config.io_dir_entries, (layer, len(entries))
                 got["readdir_10k"][layer] = t.elapsed * 1000
-                target = root / f"written{r}-{layer}"
+                target = write_roots[layer] / f"written{r}-{layer}"
                 with Timer() as t:
                     _write_all(target, mb, block)
                 got["seq_write"][layer] = mb / t.elapsed
-                os.unlink(data / target.name)
+                os.unlink(written / target.name)
             os.unlink(big)
             if not warm:
                 for metric, by_layer in got.items():
@@ -150,8 +163,15 @@ def run(env, config, progress: Progress) -> dict:
             progress.step(f"round {r + 1}{' (warm-up)' if warm else ''}: re-read MB/s " + ", ".join(
                 f"{l} {got['seq_read_repeat'][l]:.0f}" for l in LAYERS) + "; repeated stat µs " +
                 ", ".join(f"{l} {got['stat_repeat'][l]:.1f}" for l in LAYERS))
+        cpu_per_request = {}
+        for name, (child, client) in servers.items():
+            cpu, requests = _server_load(child, client)
+            cpu_per_request[name] = (cpu - before[name][0]) * 1e6 / max(1, requests - before[name][1])
     finally:
         sandbox.destroy_sandbox("io")
+        for _child, client in servers.values():
+            client.close()
+        other.stop()
         bind.stop()
     rows = []
     for metric, (unit, better) in METRICS.items():
@@ -164,4 +184,12 @@ def run(env, config, progress: Progress) -> dict:
         row["sandboxfs_vs_native"] = paired_ratio(s, n) if better == "higher" else paired_ratio(n, s)
         rows.append(row)
     return {"layers": list(LAYERS), "samples": samples, "rows": rows,
-            "bindfs_options": mounts.BINDFS_OPTIONS + " --multithreaded"}
+            "bindfs_options": mounts.BINDFS_OPTIONS + " --multithreaded",
+            "server_cpu_us_per_request": cpu_per_request}
+
+
+def _server_load(child, client: Client) -> tuple[float, int]:
+    """(CPU seconds, FUSE requests answered) of one sandboxfs server so far."""
+    counts = client.stats()["fuse_ops"]
+    requests = sum(v for k, v in counts.items() if k != "server_cpu_us")
+    return mounts.cpu_seconds(child.pid), requests

@@ -21,6 +21,7 @@ from sandboxfs.errors import (
     EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, MappingError, SandboxfsError,
     UsageError, describe_oserror,
 )
+from sandboxfs.mount import TRANSPORTS, default_transport
 from sandboxfs.tree.groups import DEFAULT_BUDGET_BYTES
 from sandboxfs.tree.mapping import Mapping, parse_mapping_flag
 
@@ -79,6 +80,11 @@ def _add_mount_parser(subparsers) -> None:
     p.add_argument("--group-memory-mb", type=int, default=DEFAULT_BUDGET_BYTES >> 20, metavar="MB",
                    help="memory for the groups of mappings kept by digest, shared by all "
                    "connections (default: %(default)s)")
+    p.add_argument("--transport", choices=TRANSPORTS, default=default_transport(),
+                   help="kernel: our own /dev/fuse protocol (passthrough, cached listings); "
+                   "pyfuse3: through libfuse (default: %(default)s, or $SANDBOXFS_TRANSPORT)")
+    p.add_argument("--no-passthrough", action="store_true",
+                   help="kernel transport: serve reads ourselves instead of FUSE passthrough")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="default: info")
     p.add_argument("mount_point", metavar="MOUNT_POINT")
@@ -96,7 +102,7 @@ def _size_arg(text: str) -> int:
 
 
 def _cmd_mount(args: argparse.Namespace) -> int:
-    from sandboxfs.mount import MountConfig, default_control_path, run  # pyfuse3 only to mount
+    from sandboxfs.mount import MountConfig, default_control_path, run
 
     control = None if args.no_control else args.control or default_control_path(args.mount_point)
     config = MountConfig(
@@ -110,6 +116,8 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         max_message_size=args.max_message_size,
         control_timeout=args.control_timeout,
         group_memory=args.group_memory_mb << 20,
+        transport=args.transport,
+        passthrough=not args.no_passthrough,
     )
     run(config)
     return EXIT_OK  # a signal or an external unmount is the normal end of `mount`

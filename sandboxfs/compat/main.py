@@ -75,6 +75,7 @@ def serve(options: Options) -> int:
         ttl=options.ttl,
         xattrs=options.xattrs,
         control=None,  # 0.2 has no control socket
+        transport=mount.default_transport(),
     )
     with contextlib.ExitStack() as cleanup:
         source = InputSource(options.input)

@@ -96,13 +96,18 @@ def _mapping_error(label: str, index: int, path: Any, reason: str) -> MappingErr
     )
 
 
+def _prefixed(raw: list | tuple, label: str, what: str) -> tuple[Any, bytes]:
+    """(prefix_id, rest) of a path given as [prefix_id, rest]."""
+    if len(raw) != 2:
+        raise MappingError(f"{label}: a prefixed path must be [prefix_id, rest]")
+    return raw[0], _as_bytes(raw[1], f"{label}: {what}")
+
+
 def decode_inner_path(raw: Any, prefixes: PrefixTable, label: str) -> tuple[bytes, ...]:
     """Components of a path inside a sandbox, given absolute or as [prefix_id, rest]."""
     if isinstance(raw, (list, tuple)):
-        if len(raw) != 2:
-            raise MappingError(f"{label}: a prefixed path must be [prefix_id, rest]")
-        base = prefixes.components(raw[0], label)
-        rest = _as_bytes(raw[1], f"{label}: path")
+        prefix_id, rest = _prefixed(raw, label, "path")
+        base = prefixes.components(prefix_id, label)
         if not rest:
             return base
         parts = rest.split(b"/")
@@ -114,10 +119,8 @@ def decode_inner_path(raw: Any, prefixes: PrefixTable, label: str) -> tuple[byte
 
 def decode_underlying(raw: Any, prefixes: PrefixTable, label: str) -> bytes:
     if isinstance(raw, (list, tuple)):
-        if len(raw) != 2:
-            raise MappingError(f"{label}: a prefixed path must be [prefix_id, rest]")
-        base = prefixes.path(raw[0], label)
-        rest = _as_bytes(raw[1], f"{label}: underlying path")
+        prefix_id, rest = _prefixed(raw, label, "underlying path")
+        base = prefixes.path(prefix_id, label)
         if not rest:
             return base
         if rest.startswith(b"/") or b"\0" in rest:

@@ -43,6 +43,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 # Flags we never pass to the host: the kernel already resolved creation, and it
 # computes append offsets itself (a host O_APPEND would ignore them).
 _STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND
+_RACY_NS = 3_000_000_000
 
 
 def _refuse(number: int = errno.EPERM) -> OSError:
@@ -204,17 +205,15 @@ class Operations:
             return self._created(new_parent, new_name, new.lstat())[1]
 
     def unlink(self, parent: int, name: bytes, ctx: Context | None = None) -> None:
-        directory, entry = self._writable_dir_entry(parent, name)
-        with entry:
-            os.unlink(entry.name, dir_fd=entry.dir_fd)
-        directory.drop_known(name)
-        if self.access.logs:
-            self.access.note_child(parent, name, REMOVE)
+        self._remove(parent, name, os.unlink)
 
     def rmdir(self, parent: int, name: bytes, ctx: Context | None = None) -> None:
+        self._remove(parent, name, os.rmdir)
+
+    def _remove(self, parent: int, name: bytes, remove: Callable[..., None]) -> None:
         directory, entry = self._writable_dir_entry(parent, name)
         with entry:
-            os.rmdir(entry.name, dir_fd=entry.dir_fd)
+            remove(entry.name, dir_fd=entry.dir_fd)
         directory.drop_known(name)
         if self.access.logs:
             self.access.note_child(parent, name, REMOVE)
@@ -268,7 +267,11 @@ class Operations:
         cached_as = (st.st_dev, st.st_ino, st.st_ctime_ns)
         keep = not writes and node.cached_as == cached_as
         node.cached_as = cached_as
-        return Opened(fh, keep_cache=keep, backing_fd=fd)
+        # Passthrough (the kernel reads the host file itself) only for read-only
+        # mappings, where every open reads, and never while a sandbox is tracked:
+        # its reads would not reach the access tracker.
+        backing = fd if not node.writable and not self.access.logs else -1
+        return Opened(fh, keep_cache=keep, backing_fd=backing)
 
     def create(self, parent: int, name: bytes, mode: int, flags: int,
                ctx: Context) -> tuple[Entry, Opened]:
@@ -284,7 +287,7 @@ class Operations:
             raise
         node, reply = self._created(parent, name, st)
         fh = self.inodes.open(Handle(node, fd, writable=_writes(flags)))
-        return reply, Opened(fh, backing_fd=fd)
+        return reply, Opened(fh)
 
     def read_nowait(self, fh: int, offset: int, size: int) -> bytes | bytearray | memoryview | None:
         handle = self.inodes.handle(fh)
@@ -320,11 +323,25 @@ class Operations:
 
     def opendir(self, ino: int, ctx: Context | None = None) -> Opened:
         node = self.inodes[ino]
-        if isinstance(node, HostNode) and not stat.S_ISDIR(self._stat(node).st_mode):
-            raise _refuse(errno.ENOTDIR)
+        cache = keep = False
+        if isinstance(node, HostNode):
+            st = self._stat(node)
+            if not stat.S_ISDIR(st.st_mode):
+                raise _refuse(errno.ENOTDIR)
+            # The kernel may keep the listing of a read-only host directory while
+            # the directory is the same one, unchanged (mtime), with no nested
+            # mapping (those change through the control socket) and no tracking
+            # (a tracked listing must reach us).
+            cache = not node.writable and not node.overlays and not self.access.logs
+            cached_as = (st.st_dev, st.st_ino, st.st_mtime_ns)
+            # Two changes within one timestamp tick could hide behind an equal
+            # mtime: a listing is kept only once its mtime is a few seconds old.
+            keep = (cache and node.cached_as == cached_as
+                    and time.time_ns() - st.st_mtime_ns > _RACY_NS)
+            node.cached_as = cached_as
         if self.access.logs:
             self.access.note(ino, LIST)
-        return Opened(self.inodes.open(Handle(node)))
+        return Opened(self.inodes.open(Handle(node)), keep_cache=keep, cache_dir=cache)
 
     def readdir(self, fh: int, offset: int, plus: bool, add: AddEntry) -> None:
         handle = self.inodes.handle(fh)

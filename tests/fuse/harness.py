@@ -11,20 +11,47 @@ even when the test failed.
 
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from sandboxfs.errors import ChildMountError
+from sandboxfs.mount import default_transport
 from sandboxfs.fuse.child_mount import (
     START_TIMEOUT, STOP_TIMEOUT, ChildMount, is_mounted, lazy_unmount, mount_ids, sandboxfs_command,
 )
 
-__all__ = ["START_TIMEOUT", "STOP_TIMEOUT", "Mount", "MountFailed", "fusermount_lazy",
+__all__ = ["PASSTHROUGH", "check_read_after_the_server_ended", "START_TIMEOUT", "STOP_TIMEOUT", "TRANSPORT", "Mount", "MountFailed",
+           "fusermount_lazy",
            "is_mounted", "mount_ids", "stop_all", "world_traversable_tempdir"]
 
 MountFailed = ChildMountError
 fusermount_lazy = lazy_unmount
+
+# The transport every mount of this test run uses: the suite runs under each
+# (``make test`` with our kernel transport, ``make test-pyfuse3`` with pyfuse3).
+TRANSPORT = default_transport()
+# Root on our transport: reads of read-only files go through FUSE passthrough.
+PASSTHROUGH = TRANSPORT == "kernel" and os.geteuid() == 0
+
+
+def check_read_after_the_server_ended(fd: int, host_file: Path) -> None:
+    """What an fd opened read-only before the server ended gives now.
+
+    Through passthrough the kernel holds the host file itself, so it goes on
+    reading the real file (never wrong data); otherwise the read fails ENOTCONN.
+    """
+    if PASSTHROUGH:
+        assert os.pread(fd, 10, 0) == host_file.read_bytes()[:10]
+        return
+    try:
+        os.pread(fd, 10, 0)
+    except OSError as exc:
+        assert exc.errno == errno.ENOTCONN, exc
+    else:
+        raise AssertionError("a read after the server ended succeeded")
 
 
 def world_traversable_tempdir(prefix: str = "sbxtest-") -> Path:

@@ -27,6 +27,7 @@ PURE = [
     "sandboxfs.control.group_encoding",
     "sandboxfs.fs.interface", "sandboxfs.fs.operations", "sandboxfs.fs.inodes",
     "sandboxfs.fs.access", "sandboxfs.fs.host_io", "sandboxfs.fs.host_calls",
+    "sandboxfs.fuse.kernel.wire", "sandboxfs.fuse.kernel.handlers",
 ]
 
 
