@@ -51,12 +51,13 @@ class FuseChild(ChildMount):
 
 
 def sandboxfs(workdir: Path, mappings: Sequence[str] = (), ttl: float = 60.0,
-              name: str = "sandboxfs", transport: str = "kernel") -> FuseChild:
+              name: str = "sandboxfs", transport: str = "kernel",
+              extra: Sequence[str] = ()) -> FuseChild:
     """A sandboxfs mount with a control socket at ``<mount point>.sock``."""
     mount_point = workdir / name
     socket = Path(str(mount_point) + ".sock")
     args = ["--log-level", "warning", "--ttl", str(ttl), "--control", str(socket),
-            "--transport", transport]
+            "--transport", transport, *extra]
     for m in mappings:
         args += ["--mapping", m]
     child = FuseChild(name, sandboxfs_command(mount_point, args), mount_point,

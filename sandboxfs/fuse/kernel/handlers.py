@@ -29,11 +29,12 @@ class Handlers:
     """The request handlers of one session over ``ops``."""
 
     def __init__(self, ops: FsOperations, passthrough: Callable[[int, Opened], int] | None,
-                 release_backing: Callable[[int], None] | None) -> None:
+                 release_backing: Callable[[int], None] | None,
+                 forgotten: Callable[[int], None] | None = None) -> None:
         self.ops = ops
         self.passthrough = passthrough
         self.release_backing = release_backing
-        self.plus_listings = True
+        self.forgotten = forgotten or (lambda ino: None)
         w = wire
         self.table: dict[int, Callable] = {
             w.LOOKUP: self.lookup, w.FORGET: self.forget, w.BATCH_FORGET: self.batch_forget,
@@ -79,18 +80,20 @@ class Handlers:
     def forget(self, nodeid: int, ctx: Context, data: bytes) -> None:
         (nlookup,) = wire.FORGET_IN.unpack_from(data)
         self.ops.forget(nodeid, nlookup)
+        self.forgotten(nodeid)
         return NO_REPLY
 
     def batch_forget(self, nodeid: int, ctx: Context, data: bytes) -> None:
         count, _ = wire.BATCH_FORGET_IN.unpack_from(data)
         at = wire.BATCH_FORGET_IN.size
         count = min(count, (len(data) - at) // wire.FORGET_ONE.size)
-        forget = self.ops.forget
+        forget, forgotten = self.ops.forget, self.forgotten
         for ino, nlookup in wire.FORGET_ONE.iter_unpack(data[at:at + count * wire.FORGET_ONE.size]):
             try:
                 forget(ino, nlookup)
             except KeyError:
                 pass  # an inode we no longer hold: nothing to give back
+            forgotten(ino)
         return NO_REPLY
 
     def getattr(self, nodeid: int, ctx: Context, data: bytes) -> bytes:

@@ -29,7 +29,7 @@ import time
 
 import trio
 
-from sandboxfs.fs.interface import Context, Opened, errno_of
+from sandboxfs.fs.interface import Context, Opened, StaleError, errno_of
 from sandboxfs.fs.operations import Operations
 from sandboxfs.fuse.kernel import device, wire
 from sandboxfs.fuse.kernel.handlers import NO_REPLY, Handlers
@@ -42,6 +42,7 @@ BUFFER_SIZE = MAX_WRITE + 64 * 1024
 MAX_BACKGROUND = 64
 CONGESTION_THRESHOLD = 48
 CHECKPOINT_EVERY = 32
+MAX_KEPT_BACKING = 10_000  # idle passthrough backing ids kept for reopens (each pins a host file)
 THREADS = trio.CapacityLimiter(16)  # bounded: slow disks cannot spawn unbounded threads
 
 _IN = wire.IN_HEADER.unpack_from
@@ -89,10 +90,11 @@ class KernelTransport:
         self.want_passthrough = passthrough
         self.passthrough = False      # what INIT settled
         self.notifier = KernelNotifier(self)
-        self.handlers = Handlers(ops, self._register_backing, self._release_backing)
+        self.handlers = Handlers(ops, self._register_backing, self._release_backing,
+                                 self.forgotten)
         self.request_counts: collections.Counter[str] = collections.Counter()
         self.cpu_seconds = 0.0
-        self._backing: dict[int, list[int]] = {}  # ino -> [backing id, opens]
+        self._backing: dict[int, list] = {}  # ino -> [backing id, opens, host file identity]
         self._backed: dict[int, int] = {}         # fh of a passthrough open -> ino
         self._buffer = bytearray(BUFFER_SIZE)
         self.kernel_minor = 0
@@ -294,14 +296,26 @@ class KernelTransport:
     # -- passthrough -----------------------------------------------------------------
 
     def _register_backing(self, ino: int, opened: Opened) -> int:
-        """The backing id for ``ino`` (one per inode, shared by its opens), or 0 for none."""
+        """The backing id for ``ino`` (one per inode, shared by its opens), or 0 for none.
+
+        An id stays registered after the last release, until the kernel forgets
+        the inode (``forgotten``): a reopen -- gcc opening the same headers action
+        after action -- then costs no ioctl.  It is reused only while the host
+        file is the same one (device, inode, ctime).
+        """
         if not self.passthrough:
             return 0
+        st = os.fstat(opened.backing_fd)
+        identity = (st.st_dev, st.st_ino, st.st_ctime_ns)
         held = self._backing.get(ino)
         if held is not None:
-            held[1] += 1
-            self._backed[opened.fh] = ino
-            return held[0]
+            if held[2] == identity:
+                held[1] += 1
+                self._backed[opened.fh] = ino
+                return held[0]
+            if held[1] > 0:
+                return 0  # another host file is open through this inode: serve this one ourselves
+            self._close_backing(ino)
         try:
             backing_id = device.backing_open(self.fd, opened.backing_fd)
         except OSError as exc:
@@ -309,22 +323,34 @@ class KernelTransport:
             if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTTY):
                 self.passthrough = False
             return 0
-        self._backing[ino] = [backing_id, 1]
+        self._backing[ino] = [backing_id, 1, identity]
         self._backed[opened.fh] = ino
         return backing_id
 
     def _release_backing(self, fh: int) -> None:
-        """A handle was released: close its inode's backing file after the last one."""
+        """A handle was released; with too many idle ids kept, close this one now."""
         ino = self._backed.pop(fh, None)
         if ino is None:
             return
         held = self._backing.get(ino)
-        if held is None:
+        if held is not None:
+            held[1] -= 1
+            if held[1] <= 0 and len(self._backing) > MAX_KEPT_BACKING:
+                self._close_backing(ino)
+
+    def forgotten(self, ino: int) -> None:
+        """The kernel dropped references to ``ino``: close its idle backing id once it is gone."""
+        held = self._backing.get(ino)
+        if held is None or held[1] > 0:
             return
-        held[1] -= 1
-        if held[1] <= 0:
-            del self._backing[ino]
-            try:
-                device.backing_close(self.fd, held[0])
-            except OSError as exc:
-                log.warning("closing backing file %d of inode %d: %s", held[0], ino, exc)
+        try:
+            self.ops.inodes[ino]
+        except StaleError:
+            self._close_backing(ino)
+
+    def _close_backing(self, ino: int) -> None:
+        held = self._backing.pop(ino)
+        try:
+            device.backing_close(self.fd, held[0])
+        except OSError as exc:
+            log.warning("closing backing file %d of inode %d: %s", held[0], ino, exc)
