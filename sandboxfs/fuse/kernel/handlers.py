@@ -63,6 +63,9 @@ class Handlers:
             backing_id = self.passthrough(ino, opened)
         if backing_id > 0:
             flags |= wire.FOPEN_PASSTHROUGH  # refused together with KEEP_CACHE
+        elif backing_id < 0:
+            flags |= wire.FOPEN_DIRECT_IO  # beside a passthrough open of the inode
+            backing_id = 0
         elif opened.keep_cache:
             flags |= wire.FOPEN_KEEP_CACHE
         if opened.direct_io:

@@ -301,12 +301,13 @@ class KernelTransport:
         An id stays registered after the last release, until the kernel forgets
         the inode (``forgotten``): a reopen -- gcc opening the same headers action
         after action -- then costs no ioctl.  It is reused only while the host
-        file is the same one (device, inode, ctime).
+        file is the same one (device and inode).
+        -1: serve this open ourselves with direct I/O.
         """
         if not self.passthrough:
             return 0
         st = os.fstat(opened.backing_fd)
-        identity = (st.st_dev, st.st_ino, st.st_ctime_ns)
+        identity = (st.st_dev, st.st_ino)  # the page cache is the host file's own: no ctime
         held = self._backing.get(ino)
         if held is not None:
             if held[2] == identity:
@@ -314,7 +315,9 @@ class KernelTransport:
                 self._backed[opened.fh] = ino
                 return held[0]
             if held[1] > 0:
-                return 0  # another host file is open through this inode: serve this one ourselves
+                # Another host file is open through this inode; the kernel allows no
+                # cached open beside a passthrough one: serve this one direct.
+                return -1
             self._close_backing(ino)
         try:
             backing_id = device.backing_open(self.fd, opened.backing_fd)
