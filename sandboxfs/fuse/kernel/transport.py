@@ -176,9 +176,9 @@ class KernelTransport:
                     self._answer(unique, table[opcode], nodeid, ctx,
                                  view[wire.IN_HEADER_SIZE:min(n, length)])
                 elif opcode == wire.FSYNC:
-                    nursery.start_soon(self._fsync, unique, bytes(buf[40:n]))
+                    nursery.start_soon(self._fsync, unique, bytes(view[wire.IN_HEADER_SIZE:n]))
                 elif opcode == wire.INIT:
-                    self._init(unique, bytes(buf[40:n]))
+                    self._init(unique, bytes(view[wire.IN_HEADER_SIZE:n]))
                 elif opcode == wire.INTERRUPT:
                     pass  # every request ends soon on its own; replying is allowed to win
                 else:
@@ -186,7 +186,8 @@ class KernelTransport:
                     if handler is None:
                         self._reply_error(unique, errno.ENOSYS)
                     else:
-                        self._answer(unique, handler, nodeid, ctx, bytes(buf[40:min(n, length)]))
+                        self._answer(unique, handler, nodeid, ctx,
+                                     bytes(view[wire.IN_HEADER_SIZE:min(n, length)]))
                 self.cpu_seconds += clock() - started
                 served += 1
                 if served >= CHECKPOINT_EVERY:
