@@ -36,6 +36,7 @@ import attrs
 import trio
 
 from sandboxfs.control.framing import NOTHING, MessageReader, encode
+from sandboxfs.control.unix_path import socket_address
 from sandboxfs.control.group_encoding import (
     EncodedGroup, Element, PreparedMappings, encode_mappings, prepare,
 )
@@ -260,7 +261,8 @@ class Client(_Methods):
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
-            self._sock.connect(self.path)
+            with socket_address(self.path) as address:
+                self._sock.connect(address)
         except OSError as exc:
             self._sock.close()
             raise OSError(exc.errno, exc.strerror, self.path) from None
@@ -317,7 +319,8 @@ class AsyncClient(_Methods):
     @classmethod
     async def connect(cls, path: PathArg) -> "AsyncClient":
         try:
-            return cls(await trio.open_unix_socket(os.fspath(path)))
+            with socket_address(os.fspath(path)) as address:
+                return cls(await trio.open_unix_socket(address))
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
 

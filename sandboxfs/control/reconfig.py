@@ -13,6 +13,15 @@ only takes the GIL in turns (``sys.getswitchinterval()``, 5 ms), so other
 sandboxes' I/O waits at most that long per turn.  The sandbox is attached
 on the loop, in one step, and the response is sent only after the kernel has
 dropped its cached entries, so nothing stale can be read after it.
+
+Requests run concurrently (the control server overtakes a large request with
+the small ones sent after it; the 0.2 front end runs ``--reconfig_threads``
+workers), and there is no lock: each handler changes the tree in one
+synchronous step on the loop, after every await, re-checking there what the
+change needs (the name still free, the sandbox still there).  So each request
+is all or nothing, and requests apply in some serial order.  Large builds take
+turns in one worker thread (``_builder``): two at once would only split the
+GIL between them.
 """
 
 from __future__ import annotations
@@ -83,10 +92,11 @@ class Reconfigurer:
         self.requests: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.started = time.monotonic()
-        self._lock = trio.Lock()  # one change at a time: changes are all-or-nothing
+        self._builder = trio.CapacityLimiter(1)
 
-    async def apply_message(self, message: Any, prefixes: PrefixTable, large: bool = False) -> dict:
-        """Decode one request message (in a worker thread when ``large``) and apply it."""
+    async def decode(self, message: Any, prefixes: PrefixTable, large: bool = False):
+        """The request object of one message (decoded in a worker thread when ``large``);
+        a bad message's error is counted and raised."""
         op = message.get("op") if isinstance(message, dict) else None
         try:
             if large:
@@ -98,13 +108,12 @@ class Reconfigurer:
         except SandboxfsError as exc:
             self._count(str(op), exc)
             raise
-        return await self.apply(request)
+        return request
 
     async def apply(self, request) -> dict:
         """Apply a decoded request (the 0.2 JSON front end builds its own)."""
         try:
-            async with self._lock:
-                result = await getattr(self, request.op)(request)
+            result = await getattr(self, request.op)(request)
         except SandboxfsError as exc:
             self._count(request.op, exc)
             raise
@@ -123,10 +132,11 @@ class Reconfigurer:
 
     async def create_sandbox(self, request: CreateSandbox) -> dict:
         if request.mapping_count > OFF_LOOP_MAPPINGS:
-            sandbox = await trio.to_thread.run_sync(self._check_and_build, request)
+            sandbox = await trio.to_thread.run_sync(self._check_and_build, request,
+                                                    limiter=self._builder)
         else:
             sandbox = self._check_and_build(request)
-        changed = self.tree.attach_sandbox(sandbox)
+        changed = self.tree.attach_sandbox(sandbox)  # checks again that the name is free
         if request.track_access:  # in the same loop turn: the kernel cannot have looked yet
             self.access.track(sandbox.name)
         await self.kernel.invalidate(changed)
@@ -159,7 +169,8 @@ class Reconfigurer:
     async def map(self, request: Map) -> dict:
         label = f"map '{display(request.name)}'"
         if request.mapping_count > OFF_LOOP_MAPPINGS:
-            await trio.to_thread.run_sync(require_underlying, label, request.mappings)
+            await trio.to_thread.run_sync(require_underlying, label, request.mappings,
+                                          limiter=self._builder)
         else:
             require_underlying(label, request.mappings)
         await self.kernel.invalidate(self.tree.insert_mappings(request.name, request.mappings))

@@ -2,10 +2,14 @@
 
 Each connection is served by its own task: bytes go through a
 ``framing.MessageReader``, each whole message through the ``Reconfigurer``,
-and each answer goes back in request order with the request's id, so clients
-may pipeline.  A well-framed bad request gets an error answer and the
-connection stays usable; undecodable bytes get one error answer (id nil) and
-close that connection only.
+and each answer goes back with the request's id, so clients may pipeline.
+Small requests are applied and answered in the order sent.  A large one (more
+than ``OFF_LOOP_MAPPINGS`` mappings, or a message of over a megabyte) is
+applied beside the reader, so the small requests sent after it overtake it
+and are answered first; a later request that names the same sandbox waits for
+it, so one connection's changes to one sandbox apply in the order sent.  A
+well-framed bad request gets an error answer and the connection stays usable;
+undecodable bytes get one error answer (id nil) and close that connection only.
 
 The socket file is created mode 0600 and removed on exit; peers are checked
 with SO_PEERCRED (the mounting uid, root, and ``--control-allow-uid`` uids).
@@ -29,13 +33,15 @@ import os
 import socket
 import stat
 import struct
-from typing import Iterable
+from functools import partial
+from typing import Any, Awaitable, Callable, Iterable
 
 import trio
 
 from sandboxfs.control.framing import DEFAULT_MAX_MESSAGE_SIZE, MessageReader, encode
 from sandboxfs.control.protocol import PrefixTable, error, error_from, ok, request_id
-from sandboxfs.control.reconfig import Reconfigurer
+from sandboxfs.control.reconfig import OFF_LOOP_MAPPINGS, Reconfigurer
+from sandboxfs.control.unix_path import socket_address
 from sandboxfs.errors import ControlError, ProtocolError, SandboxfsError, describe_oserror
 
 log = logging.getLogger(__name__)
@@ -50,7 +56,8 @@ def _stale(path: str) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(2.0)
     try:
-        probe.connect(path)
+        with socket_address(path) as address:
+            probe.connect(address)
     except (ConnectionRefusedError, FileNotFoundError):
         return True
     except OSError:
@@ -82,7 +89,8 @@ def bind_control_socket(path: str, shared: bool = False) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
-        sock.bind(path)
+        with socket_address(path) as address:
+            sock.bind(address)
     except OSError as exc:
         sock.close()
         raise ControlError(f"control socket {path}: {describe_oserror(exc)}") from None
@@ -178,34 +186,105 @@ class ControlServer:
         """Serve one connection (a socket, or an in-memory stream in tests) until EOF."""
         self.connections += 1
         reader = MessageReader(self.max_message_size)
-        prefixes = PrefixTable()
         try:
-            while True:
-                if reader.pending:  # inside a message: the rest must not take for ever
-                    data = await self._receive_rest(stream, reader.pending)
-                else:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                if not data:
-                    return
+            async with trio.open_nursery() as nursery:
+                connection = _Connection(stream, nursery)
                 try:
-                    reader.feed(data)
-                    large = reader.pending > OFF_LOOP_BYTES
-                    if large:
-                        messages = await trio.to_thread.run_sync(reader.drain)
-                    else:
-                        messages = reader.drain()
-                    for message in messages:
-                        await self._answer(stream, message, prefixes, large)
-                    if reader.failed:  # undecodable bytes followed those messages
-                        reader.drain()  # raises their ProtocolError
-                except ProtocolError as exc:
-                    log.warning("closing control connection: %s", exc)
-                    await stream.send_all(encode(error(None, exc.code, str(exc))))
-                    return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return  # the client went away; its half-done request (if any) was all-or-nothing
+                    await self._read_requests(connection, reader)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The client went away, or stopped reading: requests still
+                    # applying finish (each all or nothing) but are not answered.
+                    await trio.aclose_forcefully(stream)
         finally:
             self.connections -= 1
+
+    async def _read_requests(self, connection: "_Connection", reader: MessageReader) -> None:
+        stream = connection.stream
+        while True:
+            if reader.pending:  # inside a message: the rest must not take for ever
+                data = await self._receive_rest(stream, reader.pending)
+            else:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return
+            try:
+                reader.feed(data)
+                large = reader.pending > OFF_LOOP_BYTES
+                if large:
+                    messages = await trio.to_thread.run_sync(reader.drain)
+                else:
+                    messages = reader.drain()
+                for message in messages:
+                    await self._take(connection, message, large)
+                if reader.failed:  # undecodable bytes followed those messages
+                    reader.drain()  # raises their ProtocolError
+            except ProtocolError as exc:
+                log.warning("closing control connection: %s", exc)
+                async with connection.send_lock:
+                    await stream.send_all(encode(error(None, exc.code, str(exc))))
+                return
+
+    async def _take(self, connection: "_Connection", message: Any, large: bool) -> None:
+        """Answer a small request now; start a large one (or one that must wait) beside us."""
+        key = _sandbox_key(message)
+        after = connection.busy.get(key) if key is not None else None
+        if large or after is not None:
+            # Prefix definitions take effect in the order sent, even when the
+            # rest of this request is decoded later in a worker thread.
+            _register_prefixes(message, connection.prefixes)
+
+            def decode() -> Awaitable[Any]:
+                return self.reconfigurer.decode(message, connection.prefixes, large)
+
+            await connection.start(key, partial(self._answer, connection, message, decode, after))
+            return
+        try:
+            request = await self.reconfigurer.decode(message, connection.prefixes)
+        except SandboxfsError as exc:
+            await self._send(connection, request_id(message), error_from(request_id(message), exc))
+            return
+        if getattr(request, "mapping_count", 0) > OFF_LOOP_MAPPINGS:
+            await connection.start(key, partial(self._answer, connection, message, _ready(request)))
+        else:
+            await self._answer(connection, message, _ready(request))
+
+    async def _answer(self, connection: "_Connection", message: Any,
+                      decode: Callable[[], Awaitable[Any]],
+                      after: trio.Event | None = None) -> None:
+        """Decode (when not yet), apply and answer one request, after ``after`` is set."""
+        ident = request_id(message)
+        # Requests queued behind the one in flight get the same deadline.
+        with trio.CancelScope(shield=True, deadline=self._shutdown_deadline) as scope:
+            self._in_flight.add(scope)
+            try:
+                if after is not None:
+                    await after.wait()
+                try:
+                    response = ok(ident, await self.reconfigurer.apply(await decode()))
+                except SandboxfsError as exc:
+                    response = error_from(ident, exc)
+                except Exception as exc:  # our bug: answer it, keep serving
+                    log.exception("control request %r failed", ident)
+                    response = error(ident, "internal", f"internal error: {exc!r}")
+                await self._send(connection, ident, response)
+            finally:
+                self._in_flight.discard(scope)
+        if scope.cancelled_caught:
+            raise trio.ClosedResourceError("shutdown deadline passed")
+
+    async def _send(self, connection: "_Connection", ident: Any, response: dict) -> None:
+        try:
+            data = encode(response)
+        except Exception as exc:  # e.g. a value msgpack cannot carry
+            log.exception("cannot encode the answer to control request %r", ident)
+            data = encode(error(None, "internal", f"internal error: {type(exc).__name__}"))
+        with trio.move_on_after(self.stall_timeout) as send_scope:
+            async with connection.send_lock:
+                await connection.stream.send_all(data)
+        if send_scope.cancelled_caught:
+            log.warning("closing control connection: the client has not read its answer "
+                        "to request %r for %g s", ident, self.stall_timeout)
+            raise trio.ClosedResourceError("the client stopped reading")
 
     async def _receive_rest(self, stream: trio.abc.Stream, pending: int) -> bytes:
         """The next bytes of a message already begun, or ``b""`` after a stall."""
@@ -220,33 +299,64 @@ class ControlServer:
             await stream.send_all(encode(error(None, "timeout", message)))
         return b""
 
-    async def _answer(self, stream: trio.abc.Stream, message, prefixes: PrefixTable,
-                      large: bool) -> None:
-        ident = request_id(message)
-        # Requests queued behind the one in flight get the same deadline.
-        with trio.CancelScope(shield=True, deadline=self._shutdown_deadline) as scope:
-            self._in_flight.add(scope)
-            try:
-                try:
-                    result = await self.reconfigurer.apply_message(message, prefixes, large)
-                    response = ok(ident, result)
-                except SandboxfsError as exc:
-                    response = error_from(ident, exc)
-                except Exception as exc:  # our bug: answer it, keep serving
-                    log.exception("control request %r failed", ident)
-                    response = error(ident, "internal", f"internal error: {exc!r}")
-                try:
-                    data = encode(response)
-                except Exception as exc:  # e.g. a value msgpack cannot carry
-                    log.exception("cannot encode the answer to control request %r", ident)
-                    data = encode(error(None, "internal", f"internal error: {type(exc).__name__}"))
-                with trio.move_on_after(self.stall_timeout) as send_scope:
-                    await stream.send_all(data)
-            finally:
-                self._in_flight.discard(scope)
-        if scope.cancelled_caught:
-            raise trio.ClosedResourceError("shutdown deadline passed")
-        if send_scope.cancelled_caught:
-            log.warning("closing control connection: the client has not read its answer "
-                        "to request %r for %g s", ident, self.stall_timeout)
-            raise trio.ClosedResourceError("the client stopped reading")
+
+
+# Requests of one connection applying beside its reader at once; the reader
+# waits for a free slot before it starts another.
+MAX_BESIDE = 16
+
+
+class _Connection:
+    """One client connection: its prefixes, its send lock, its requests in flight."""
+
+    def __init__(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+        self.stream = stream
+        self.prefixes = PrefixTable()
+        self.send_lock = trio.Lock()  # answers from several tasks go out whole
+        self.busy: dict[bytes, trio.Event] = {}  # sandbox name -> its last request in flight
+        self._nursery = nursery
+        self._slots = trio.Semaphore(MAX_BESIDE)
+
+    async def start(self, key: bytes | None, answer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``answer()`` beside the reader; sandbox ``key`` is busy until it ends."""
+        await self._slots.acquire()
+        done = trio.Event()
+        if key is not None:
+            self.busy[key] = done
+        self._nursery.start_soon(self._run, answer, key, done)
+
+    async def _run(self, answer: Callable[[], Awaitable[None]], key: bytes | None,
+                   done: trio.Event) -> None:
+        try:
+            await answer()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await trio.aclose_forcefully(self.stream)  # ends the reader too
+        finally:
+            done.set()
+            if key is not None and self.busy.get(key) is done:
+                del self.busy[key]
+            self._slots.release()
+
+
+def _sandbox_key(message: Any) -> bytes | None:
+    """The sandbox a request names, for ordering (before the request is decoded)."""
+    name = message.get("name") if isinstance(message, dict) else None
+    if isinstance(name, str):
+        return os.fsencode(name)
+    return name if isinstance(name, bytes) else None
+
+
+def _register_prefixes(message: Any, prefixes: PrefixTable) -> None:
+    """Register a request's prefixes now; a bad table is answered when it is decoded."""
+    table = message.get("prefixes") if isinstance(message, dict) else None
+    if table is not None:
+        try:
+            prefixes.register(table, str(message.get("op")))
+        except SandboxfsError:
+            pass
+
+
+def _ready(request: Any) -> Callable[[], Awaitable[Any]]:
+    async def decoded() -> Any:
+        return request
+    return decoded

@@ -324,10 +324,18 @@ class Operations:
     def opendir(self, ino: int, ctx: Context | None = None) -> Opened:
         node = self.inodes[ino]
         cache = keep = False
+        fd = -1
         if isinstance(node, HostNode):
-            st = self._stat(node)
-            if not stat.S_ISDIR(st.st_mode):
-                raise _refuse(errno.ENOTDIR)
+            # The handle keeps the host directory open, as an open file keeps its
+            # file: fstat, fchmod, fchown, futimens and the f*xattr calls on the
+            # fd still reach it after it is removed or renamed, and listings
+            # read the directory that was opened.
+            fd = node.open_dir(os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                st = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
             # The kernel may keep the listing of a read-only host directory while
             # the directory is the same one, unchanged (mtime), with no nested
             # mapping (those change through the control socket) and no tracking
@@ -341,21 +349,15 @@ class Operations:
             node.cached_as = cached_as
         if self.access.logs:
             self.access.note(ino, LIST)
-        return Opened(self.inodes.open(Handle(node)), keep_cache=keep, cache_dir=cache)
+        return Opened(self.inodes.open(Handle(node, fd)), keep_cache=keep, cache_dir=cache)
 
     def readdir(self, fh: int, offset: int, plus: bool, add: AddEntry) -> None:
         handle = self.inodes.handle(fh)
         if offset == 0 or handle.entries is None:
             # A snapshot per listing: offsets index into it, so entries added or
             # removed meanwhile can neither be skipped nor repeated.
-            handle.entries = list_directory(handle.node)
-        directory = handle.node
-        dir_fd = _open_listed_dir(directory)  # once per call, not per entry
-        try:
-            self._reply_entries(handle, offset, plus, add, dir_fd)
-        finally:
-            if dir_fd >= 0:
-                os.close(dir_fd)
+            handle.entries = list_directory(handle.node, handle.fd)
+        self._reply_entries(handle, offset, plus, add, handle.fd)
 
     def _reply_entries(self, handle: Handle, start: int, plus: bool, add: AddEntry,
                        dir_fd: int) -> None:
@@ -392,10 +394,15 @@ class Operations:
                 directory.forget_known(node)  # a plain listing holds nothing
 
     def releasedir(self, fh: int) -> None:
-        self.inodes.release(fh)
+        fd = self.inodes.release(fh).fd
+        if fd >= 0:
+            os.close(fd)
 
     def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None
+        """Make the directory's entries durable (a read-only mapping has nothing to write)."""
+        handle = self.inodes.handle(fh)
+        if handle.fd >= 0 and handle.node.writable:
+            (os.fdatasync if datasync else os.fsync)(handle.fd)
 
     def statfs(self, ino: int) -> os.statvfs_result:
         """The host filesystem behind ``ino`` (the mount's first mapping for scaffolds)."""
@@ -414,18 +421,26 @@ class Operations:
             raise _refuse(errno.EOPNOTSUPP)
         return self.inodes[ino]
 
+    def _on_xattr_object(self, node: HostNode, call: Callable[[Any], Any], on_symlink: int) -> Any:
+        """``call`` on an open fd of the node if it has one (right after unlink or
+        rename, as fgetxattr and friends are), else on its host object by path."""
+        fd = self.inodes.open_fd(node)
+        if fd >= 0:
+            return call(fd)
+        return on_host_object(node, call, on_symlink)
+
     def getxattr(self, ino: int, name: bytes, ctx: Context | None = None) -> bytes:
         node = self._xattr_node(ino)
         if not isinstance(node, HostNode):
             raise _refuse(ENOATTR)
-        return on_host_object(node, lambda path: os.getxattr(path, name), ENOATTR)
+        return self._on_xattr_object(node, lambda target: os.getxattr(target, name), ENOATTR)
 
     def listxattr(self, ino: int, ctx: Context | None = None) -> list[bytes]:
         node = self._xattr_node(ino)
         if not isinstance(node, HostNode):
             return []
         try:
-            names = on_host_object(node, os.listxattr, errno.EPERM)
+            names = self._on_xattr_object(node, os.listxattr, errno.EPERM)
         except OSError as exc:
             if exc.errno == errno.EPERM:
                 return []  # a symlink: nothing we may show
@@ -436,22 +451,13 @@ class Operations:
                  ctx: Context | None = None) -> None:
         self._xattr_node(ino)
         node = self._writable_node(ino)
-        on_host_object(node, lambda path: os.setxattr(path, name, value, flags), errno.EPERM)
+        self._on_xattr_object(node, lambda target: os.setxattr(target, name, value, flags),
+                              errno.EPERM)
 
     def removexattr(self, ino: int, name: bytes, ctx: Context | None = None) -> None:
         self._xattr_node(ino)
         node = self._writable_node(ino)
-        on_host_object(node, lambda path: os.removexattr(path, name), errno.EPERM)
-
-
-def _open_listed_dir(directory: Node) -> int:
-    """An fd of a mapped directory being listed, or -1 (scaffold, or gone)."""
-    if not isinstance(directory, HostNode):
-        return -1
-    try:
-        return directory.open_dir()
-    except OSError:
-        return -1
+        self._on_xattr_object(node, lambda target: os.removexattr(target, name), errno.EPERM)
 
 
 class KernelCache:

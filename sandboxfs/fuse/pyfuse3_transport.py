@@ -199,7 +199,8 @@ class Pyfuse3Operations(pyfuse3.Operations):
 
     @_boundary
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        self.ops.fsyncdir(fh, datasync)
+        await trio.to_thread.run_sync(self.ops.fsyncdir, fh, datasync, limiter=READ_THREADS,
+                                      abandon_on_cancel=True)
 
     @_boundary
     async def statfs(self, ctx) -> pyfuse3.StatvfsData:

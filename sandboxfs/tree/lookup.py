@@ -58,12 +58,13 @@ def stat_of(node: Node) -> os.stat_result | None:
     return None
 
 
-def list_directory(node: Node) -> list[tuple[bytes, Node | None]]:
+def list_directory(node: Node, dir_fd: int = -1) -> list[tuple[bytes, Node | None]]:
     """The entries of a directory, in a fixed order: (name, node or None if on disk only).
 
     Explicit children come first (for a mapped directory, its overlays, which
     replace host entries of the same name), then host entries in the order
-    the host lists them.
+    the host lists them: from ``dir_fd`` when given (an open directory handle
+    lists the directory it opened, even after a rename), else from the path.
     """
     container = node.contents() or {}
     entries: list[tuple[bytes, Node | None]] = [
@@ -71,11 +72,14 @@ def list_directory(node: Node) -> list[tuple[bytes, Node | None]]:
     ]
     if not isinstance(node, HostNode):
         return entries
-    fd = node.open_dir(os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        names = os.listdir(fd)  # str names (surrogate escapes) when given an fd
-    finally:
-        os.close(fd)
+    if dir_fd >= 0:
+        names = os.listdir(dir_fd)  # lists a dup from the start; str names (surrogate escapes)
+    else:
+        fd = node.open_dir(os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            names = os.listdir(fd)
+        finally:
+            os.close(fd)
     for text in names:
         name = os.fsencode(text)
         if name not in container:

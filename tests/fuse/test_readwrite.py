@@ -373,6 +373,59 @@ def test_open_file_keeps_working(rw, change):
         os.close(fd)
 
 
+def _rmdir(rw: RwMapping) -> None:
+    os.rmdir(rw.inside / "d" / "sub")
+
+
+def _rename_dir(rw: RwMapping) -> None:
+    os.rename(rw.inside / "d" / "sub", rw.inside / "d" / "moved")
+
+
+def _rename_dir_parent(rw: RwMapping) -> None:
+    os.rename(rw.inside / "d", rw.inside / "e")
+
+
+@pytest.mark.parametrize("change", [_rmdir, _rename_dir, _rename_dir_parent],
+                         ids=["rmdir", "rename", "rename-parent"])
+def test_open_directory_keeps_working(rw, change):
+    """fstat, fchmod, fchown and futimens on a directory fd act on the directory
+    that was opened, as natively, even once it was removed or renamed."""
+    (rw.inside / "d" / "sub").mkdir(parents=True)
+    fd = os.open(rw.inside / "d" / "sub", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        change(rw)
+        removed = change is _rmdir
+        assert stat.S_ISDIR(os.fstat(fd).st_mode)
+        if removed:
+            assert os.fstat(fd).st_nlink == 0
+        os.fchmod(fd, 0o750)
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o750
+        os.fchown(fd, 1234, 5678)
+        assert (os.fstat(fd).st_uid, os.fstat(fd).st_gid) == (1234, 5678)
+        os.utime(fd, ns=(1_000_000_000, 2_000_000_000))
+        assert os.fstat(fd).st_mtime_ns == 2_000_000_000
+        assert os.listdir(fd) == []
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if not removed:
+        moved = rw.host / ("d/moved" if change is _rename_dir else "e/sub")
+        st = os.stat(moved)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_mtime_ns) == (0o750, 1234, 2_000_000_000)
+
+
+def test_a_renamed_open_directory_lists_what_it_holds(rw):
+    (rw.inside / "d").mkdir()
+    (rw.inside / "d" / "a").write_bytes(b"")
+    fd = os.open(rw.inside / "d", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rename(rw.host / "d", rw.host / "elsewhere")  # behind the mount's back
+        (rw.host / "elsewhere" / "b").write_bytes(b"")
+        assert sorted(os.listdir(fd)) == ["a", "b"]
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize("change, host_name", [(_rename_file, "d/g"), (_rename_parent, "e/f")],
                          ids=["rename", "rename-parent"])
 def test_changes_through_a_renamed_open_file_reach_the_host(rw, change, host_name):

@@ -110,3 +110,41 @@ def test_without_flag_every_call_is_unsupported(without_xattrs, call, which):
         call(path)
     assert caught.value.errno == errno.EOPNOTSUPP
     assert os.listxattr(host) == ["user.origin"]
+
+
+def _rw_dir(sandboxfs_mount, workdir: Path) -> tuple[Path, Path]:
+    """A rw directory mapping (its entries may be removed): (host, inside)."""
+    host = workdir / "rw-dir"
+    host.mkdir()
+    return host, sandboxfs_mount(["--mapping", f"rw:/rw:{host}", "--xattrs"]) / "rw"
+
+
+def test_calls_on_an_fd_of_an_unlinked_file_act_on_the_open_file(sandboxfs_mount, workdir):
+    _host, inside = _rw_dir(sandboxfs_mount, workdir)
+    (inside / "f").write_bytes(b"data")
+    os.setxattr(inside / "f", "user.kept", b"yes")
+    fd = os.open(inside / "f", os.O_RDWR)
+    try:
+        os.unlink(inside / "f")
+        assert os.getxattr(fd, "user.kept") == b"yes"
+        assert "user.kept" in os.listxattr(fd)
+        os.setxattr(fd, "user.added", b"later")
+        assert os.getxattr(fd, "user.added") == b"later"
+        os.removexattr(fd, "user.kept")
+        assert "user.kept" not in os.listxattr(fd)
+    finally:
+        os.close(fd)
+
+
+def test_calls_on_an_fd_of_a_removed_directory_act_on_it(sandboxfs_mount, workdir):
+    _host, inside = _rw_dir(sandboxfs_mount, workdir)
+    (inside / "sub").mkdir()
+    fd = os.open(inside / "sub", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.setxattr(fd, "user.a", b"1")
+        os.rmdir(inside / "sub")
+        assert os.getxattr(fd, "user.a") == b"1"
+        os.setxattr(fd, "user.b", b"2")
+        assert sorted(os.listxattr(fd)) == ["user.a", "user.b"]
+    finally:
+        os.close(fd)

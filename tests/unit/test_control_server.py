@@ -17,6 +17,7 @@ explicitly).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,10 @@ import trio
 import trio.testing
 
 from sandboxfs.control import reconfig
-from sandboxfs.control.server import ControlServer
+from sandboxfs.control.client import AsyncClient, Client
+from sandboxfs.control.server import ControlServer, bind_control_socket
+from sandboxfs.control.unix_path import SUN_PATH_MAX
+from sandboxfs.errors import ControlError
 from sandboxfs.control.framing import MessageReader, encode
 from sandboxfs.control.reconfig import Reconfigurer
 from sandboxfs.tree.sandboxes import Tree
@@ -532,6 +536,109 @@ async def test_grace_deadline_bounds_pipelined_requests_too(host, socket_path, a
         with trio.move_on_after(60):
             await peer.assert_closed()
         assert trio.current_time() - start <= 2.0 + 0.05
+
+
+async def test_a_socket_path_longer_than_sun_path_is_bound_and_reached(tmp_path):
+    """Output bases and pytest temp dirs make paths past sockaddr_un's 107 bytes."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path = str(deep / "ctl.sock")
+    assert len(path) > SUN_PATH_MAX
+    server = make_server(Tree(), path=path)
+    async with running_on_socket(server):
+        assert os.path.exists(path)
+        async with await AsyncClient.connect(path) as client:
+            assert (await client.ping())["protocol"] >= 1
+        with Client(path) as client:
+            await trio.to_thread.run_sync(client.ping)
+        with pytest.raises(ControlError, match="another sandboxfs is listening"):
+            bind_control_socket(path)
+
+
+# -- large requests do not hold up small ones ------------------------------------------
+
+
+class GatedKernel:
+    """A KernelCache whose invalidation of sandbox ``gated`` waits until ``gate`` is set:
+    the request creating it cannot finish before the test lets it."""
+
+    def __init__(self, gated: bytes) -> None:
+        self.gated = gated
+        self.gate = trio.Event()
+        self.entered = trio.Event()
+
+    async def invalidate(self, entries) -> None:
+        if any(name == self.gated for _parent, name in entries):
+            self.entered.set()
+            await self.gate.wait()
+
+
+async def receive_before_the_gate(peer: Peer, kernel: GatedKernel) -> Any:
+    """The next answer, which must come while the large request is held at the gate."""
+    with trio.move_on_after(IO_TIMEOUT / 3):
+        return await peer.receive()
+    kernel.gate.set()  # let the held request end, so the server can be stopped
+    pytest.fail("a small request waited for the large one in front of it")
+
+
+def big_create(request_id: int, files: Path, count: int, name: str = "big") -> dict:
+    return create(request_id, name,
+                  *([f"/src/{i % 7}/f{i}", str(files / f"f{i}"), False] for i in range(count)))
+
+
+async def test_small_requests_overtake_a_large_one(tmp_path):
+    """On the same connection and on another one; the large one is answered last."""
+    count = 2000
+    assert count > reconfig.OFF_LOOP_MAPPINGS
+    files = host_files(tmp_path / "files", count)
+    kernel = GatedKernel(b"big")
+    async with serving(make_server(Tree(), kernel)) as connect:
+        peer, other = connect(), connect()
+        await peer.send(big_create(1, files, count), {"id": 2, "op": "ping"},
+                        create(3, "small", ["/f", str(files / "f0")]))
+        assert (await receive_before_the_gate(peer, kernel))["id"] == 2
+        assert (await receive_before_the_gate(peer, kernel)) == {
+            "id": 3, "result": {"name": "small", "mappings": 1}}
+        await other.send(create(4, "other", ["/f", str(files / "f1")]))
+        assert "result" in await receive_before_the_gate(other, kernel)
+        await kernel.entered.wait()  # the big one is built and attached, not yet answered
+        kernel.gate.set()
+        assert (await peer.receive()) == {"id": 1, "result": {"name": "big", "mappings": count}}
+
+
+async def test_a_request_naming_the_large_ones_sandbox_waits_for_it(tmp_path):
+    count = 2000
+    files = host_files(tmp_path / "files", count)
+    kernel = GatedKernel(b"big")
+    async with serving(make_server(Tree(), kernel)) as connect:
+        peer = connect()
+        await peer.send(big_create(1, files, count),
+                        {"id": 2, "op": "map", "name": "big",
+                         "mappings": [["/extra", str(files / "f0"), False]]},
+                        {"id": 3, "op": "ping"})
+        assert (await receive_before_the_gate(peer, kernel))["id"] == 3
+        kernel.gate.set()
+        assert (await peer.receive())["id"] == 1
+        assert (await peer.receive()) == {"id": 2, "result": {"name": "big", "mapped": 1}}
+
+
+async def test_prefixes_of_a_large_message_serve_the_requests_after_it(tmp_path):
+    """A message of over a megabyte is decoded later in a thread; the prefixes it
+    defines are usable at once by the small requests behind it."""
+    count = 12000
+    files = host_files(tmp_path / "files", count)
+    padding = "p" * 80
+    message = {"id": 1, "op": "create_sandbox", "name": "big", "prefixes": {1: str(files)},
+               "mappings": [[f"/{padding}/{i}", [1, f"f{i}"], False] for i in range(count)]}
+    assert len(encode(message)) > 1 << 20
+    kernel = GatedKernel(b"big")
+    async with serving(make_server(Tree(), kernel)) as connect:
+        peer = connect()
+        await peer.send(message, create(2, "small", ["/f", [1, "f5"]]))
+        assert (await receive_before_the_gate(peer, kernel)) == {
+            "id": 2, "result": {"name": "small", "mappings": 1}}
+        kernel.gate.set()
+        assert (await peer.receive()) == {"id": 1, "result": {"name": "big", "mappings": count}}
 
 
 # -- regressions: hostile input must never cost more than its own request -------------

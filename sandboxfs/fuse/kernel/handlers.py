@@ -47,7 +47,7 @@ class Handlers:
             w.LISTXATTR: self.listxattr, w.REMOVEXATTR: self.removexattr,
             w.OPENDIR: self.opendir, w.READDIR: self.readdir,
             w.READDIRPLUS: self.readdirplus, w.RELEASEDIR: self.releasedir,
-            w.FSYNCDIR: self.fsyncdir, w.CREATE: self.create, w.DESTROY: self.destroy,
+            w.CREATE: self.create, w.DESTROY: self.destroy,
         }
 
     # -- replies ---------------------------------------------------------------------
@@ -281,11 +281,6 @@ class Handlers:
 
     def releasedir(self, nodeid: int, ctx: Context, data: bytes) -> bytes:
         self.ops.releasedir(wire.RELEASE_IN.unpack_from(data)[0])
-        return b""
-
-    def fsyncdir(self, nodeid: int, ctx: Context, data: bytes) -> bytes:
-        fh, flags = wire.FSYNC_IN.unpack_from(data)
-        self.ops.fsyncdir(fh, bool(flags & wire.FSYNC_FDATASYNC))
         return b""
 
     def destroy(self, nodeid: int, ctx: Context, data: bytes) -> bytes:

@@ -175,8 +175,9 @@ class KernelTransport:
                 elif opcode == wire.WRITE:
                     self._answer(unique, table[opcode], nodeid, ctx,
                                  view[wire.IN_HEADER_SIZE:min(n, length)])
-                elif opcode == wire.FSYNC:
-                    nursery.start_soon(self._fsync, unique, bytes(view[wire.IN_HEADER_SIZE:n]))
+                elif opcode == wire.FSYNC or opcode == wire.FSYNCDIR:
+                    nursery.start_soon(self._fsync, unique, opcode,
+                                       bytes(view[wire.IN_HEADER_SIZE:n]))
                 elif opcode == wire.INIT:
                     self._init(unique, bytes(view[wire.IN_HEADER_SIZE:n]))
                 elif opcode == wire.INTERRUPT:
@@ -256,10 +257,12 @@ class KernelTransport:
             return
         self._reply_data(unique, data)
 
-    async def _fsync(self, unique: int, data: bytes) -> None:
+    async def _fsync(self, unique: int, opcode: int, data: bytes) -> None:
+        """FSYNC and FSYNCDIR: they wait for the disk, so in a worker thread."""
+        sync = self.ops.fsync if opcode == wire.FSYNC else self.ops.fsyncdir
         try:
             fh, flags = wire.FSYNC_IN.unpack_from(data)
-            await trio.to_thread.run_sync(self.ops.fsync, fh, bool(flags & wire.FSYNC_FDATASYNC),
+            await trio.to_thread.run_sync(sync, fh, bool(flags & wire.FSYNC_FDATASYNC),
                                           limiter=THREADS, abandon_on_cancel=True)
         except Exception as exc:
             self._reply_error(unique, errno_of(exc, "fsync"))
