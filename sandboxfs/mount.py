@@ -38,7 +38,10 @@ from sandboxfs.tree.sandboxes import Tree
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The signals that end a mount, as in sandboxfs 0.2.
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# Between two plain unmounts of a busy mount (``MountConfig.unmount_timeout``), as in 0.2.
+UNMOUNT_RETRY_INTERVAL = 1.0
 
 
 @attrs.frozen
@@ -57,6 +60,10 @@ class MountConfig:
     group_memory: int = DEFAULT_BUDGET_BYTES  # groups kept by digest (tree.groups)
     transport: str = "kernel"  # kernel | pyfuse3 (TRANSPORTS)
     passthrough: bool = True   # kernel transport: FUSE passthrough where the kernel allows it
+    # After a shutdown signal: 0 detaches the mount lazily at once; more tries a
+    # plain unmount every UNMOUNT_RETRY_INTERVAL for this many seconds while the
+    # mount is busy, serving meanwhile, then detaches it (the 0.2 front end).
+    unmount_timeout: float = 0.0
 
     def fuse_options(self) -> set[str]:
         options = {"fsname=sandboxfs", "subtype=sandboxfs", "default_permissions"}
@@ -94,13 +101,28 @@ def make_transport(config: MountConfig, ops: Operations):
 Service = Callable[..., Awaitable[None]]
 
 
+def _fusermount() -> str | None:
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
 def _unmount_lazily(path: str) -> None:
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    tool = _fusermount()
     if tool is None:
         raise MountError(f"mount point {path}: a dead FUSE mount is there and fusermount3 is missing")
-    result = subprocess.run([tool, "-u", "-z", path], capture_output=True, text=True)
+    result = subprocess.run([tool, "-u", "-z", path], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise MountError(f"mount point {path}: cannot remove the dead mount: {result.stderr.strip()}")
+
+
+def _unmount_plainly(tool: str, path: str) -> str | None:
+    """``fusermount3 -u`` (not lazy): None once unmounted, else why not (EBUSY while in use).
+
+    The kernel then ends the session, so the FUSE loop returns by itself.
+    """
+    result = subprocess.run([tool, "-u", "--", path], capture_output=True, text=True, check=False)
+    if result.returncode == 0:
+        return None
+    return result.stderr.strip() or f"{tool} -u exited with status {result.returncode}"
 
 
 def prepare_mount_point(path: str) -> None:
@@ -154,31 +176,80 @@ async def _watch_signals(
     cancel_scope: trio.CancelScope,
     early: _EarlySignals,
     ending: _Ending,
+    config: MountConfig,
     *,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Wait for a shutdown signal, then end the mount as ``config.unmount_timeout`` says.
+
+    Cancelling ``cancel_scope`` ends the loop; ``run``'s ``finally`` then
+    detaches whatever is still mounted.
+    """
     with trio.open_signal_receiver(*early.signals) as signals:
         task_status.started()
+        when = ""
         if early.received:
-            ending.signum = early.received[0]
-            log.info("received %s during start-up; unmounting", signal.Signals(ending.signum).name)
-            cancel_scope.cancel()
+            ending.signum, when = early.received[0], " during start-up"
+        else:
+            async for signum in signals:
+                ending.signum = signum
+                break
+        name = signal.Signals(ending.signum).name
+        log.info("received %s%s; unmounting %s", name, when, config.mount_point)
+        if config.unmount_timeout > 0:
+            await _unmount_when_free(config.mount_point, config.unmount_timeout, signals)
+        cancel_scope.cancel()
+
+
+async def _unmount_when_free(mount_point: str, timeout: float, signals) -> None:
+    """0.2's shutdown: a plain unmount, retried while the mount is busy, serving meanwhile.
+
+    A process still inside (an open file, a working directory) keeps its
+    files until it is done, instead of losing them mid-action.  Returns once
+    the mount is gone, or when it must be detached lazily after all: the
+    ``timeout`` passed, or another shutdown signal came (the caller's way to
+    say "now").
+    """
+    tool = _fusermount()
+    if tool is None:
+        log.warning("fusermount3 is missing, so %s cannot be unmounted plainly; detaching it now "
+                    "(lazy unmount)", mount_point)
+        return
+    deadline = trio.current_time() + timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        failure = await trio.to_thread.run_sync(_unmount_plainly, tool, mount_point)
+        if failure is None:
+            log.info("unmounted %s (plain unmount)", mount_point)
             return
-        async for signum in signals:
-            ending.signum = signum
-            log.info("received %s; unmounting", signal.Signals(signum).name)
-            cancel_scope.cancel()
-            return
+        left = deadline - trio.current_time()
+        if left <= 0:
+            break
+        log.warning("Unmounting %s failed with '%s'; will retry in %g s (attempt %d; lazy "
+                    "unmount in %.0f s, or at once on another signal)", mount_point, failure,
+                    min(UNMOUNT_RETRY_INTERVAL, left), attempt, left)
+        with trio.move_on_after(min(UNMOUNT_RETRY_INTERVAL, left)):
+            async for signum in signals:
+                log.warning("received %s while %s is busy; detaching it now (lazy unmount): "
+                            "processes still using it get ENOTCONN",
+                            signal.Signals(signum).name, mount_point)
+                return
+    log.warning("Unmounting %s still failed after %g s ('%s'); detaching it now (lazy unmount): "
+                "processes still using it get ENOTCONN", mount_point, timeout, failure)
 
 
 async def _serve(transport, services: Sequence[Service], early: _EarlySignals,
-                 ending: _Ending) -> None:
+                 ending: _Ending, config: MountConfig) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(_watch_signals, nursery.cancel_scope, early, ending)
+        await nursery.start(_watch_signals, nursery.cancel_scope, early, ending, config)
         for service in services:
             await nursery.start(service)
         await transport.serve()
-        log.info("the kernel ended the session (unmounted from outside)")
+        if ending.signum:
+            log.info("the kernel ended the session")
+        else:
+            log.info("the kernel ended the session (unmounted from outside)")
         nursery.cancel_scope.cancel()
 
 
@@ -244,7 +315,7 @@ def run(
             f"; control socket {config.control}" if config.control else "",
         )
         ending = _Ending()
-        trio.run(_serve, transport, services, early, ending)
+        trio.run(_serve, transport, services, early, ending, config)
     return ending.signum
 
 

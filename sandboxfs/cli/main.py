@@ -48,9 +48,10 @@ def _seconds_arg(text: str) -> float:
 def _add_mount_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "mount",
-        help="mount a sandboxfs and serve it until SIGINT/SIGTERM or fusermount3 -u",
-        description="Mount a sandboxfs at MOUNT_POINT and serve it until SIGINT/SIGTERM "
-        "or an external fusermount3 -u.",
+        help="mount a sandboxfs and serve it until a signal or fusermount3 -u",
+        description="Mount a sandboxfs at MOUNT_POINT and serve it until SIGINT, SIGTERM, "
+        "SIGQUIT or SIGHUP (each detaches the mount lazily at once and exits 0) or an external "
+        "fusermount3 -u.",
     )
     p.add_argument(
         "--mapping",

@@ -16,10 +16,12 @@ Modules, each testable on its own:
 * ``translate``: the prefix table of one input stream, 0.2 mapping rules, and
   the host directories behind intermediate directories (``lstat`` only);
 * ``service``: the trio service -- read, translate, apply with N workers, answer;
-* ``main``: start-up and exit codes; ``common``: what they all share.
+* ``main``: start-up, 0.2's shutdown (``MountConfig.unmount_timeout``) and exit
+  codes; ``common``: what they all share.
 
-Must not touch: the tree (only ``Reconfigurer.apply``), pyfuse3 (``mount.run``
-does), and stdout/stderr except through ``main`` and logging.
+Must not touch: the tree (only ``Reconfigurer.apply``, after ``main`` set the
+one 0.2 rule the engine cannot infer, ``Tree.file_tops``), pyfuse3
+(``mount.run`` does), and stdout/stderr except through ``main`` and logging.
 """
 
 from sandboxfs.compat.args import Options, is_02_command_line, parse_args

@@ -56,7 +56,7 @@ Options:
         --cpu_profile PATH
                         profile the run (cProfile) and write the pstats
                         data to PATH on exit
-        --help          print this help and exit
+    -h, --help          print this help and exit
         --input PATH    where to read reconfiguration requests from (- for
                         stdin; may be a FIFO) (default: -)
         --mapping TYPE:PATH:UNDERLYING_PATH
@@ -87,7 +87,8 @@ def _getopts(argv: Sequence[str]) -> tuple[dict[str, list[str | None]], list[str
     """Split argv as the getopts crate does: long options only, ``--`` ends them.
 
     Both ``--flag=value`` and ``--flag value``; options and arguments may mix.
-    Structural errors come first, in the order getopts reports them.
+    ``-h`` is ``--help``.  Structural errors come first, in the order getopts
+    reports them.
     """
     given: dict[str, list[str | None]] = {}
     free: list[str] = []
@@ -114,7 +115,10 @@ def _getopts(argv: Sequence[str]) -> tuple[dict[str, list[str | None]], list[str
             else:
                 raise UsageError(f"Unrecognized option: '{name}'")
         elif arg.startswith("-") and arg != "-":
-            raise UsageError(f"Unrecognized option: '{arg[1]}'")
+            for letter in arg[1:]:  # short options, grouped as getopts allows: only -h
+                if letter != "h":
+                    raise UsageError(f"Unrecognized option: '{letter}'")
+                given.setdefault("help", []).append(None)
         else:
             free.append(arg)
     for name, values in given.items():
@@ -223,13 +227,16 @@ def parse_args(argv: Sequence[str]) -> Options | str:
 def is_02_command_line(argv: Sequence[str], commands: Collection[str]) -> bool:
     """Whether argv is for this front end rather than the subcommand CLI.
 
-    No subcommand first, and either a flag first (``--allow=self``,
-    ``--version``, ``--help``; ``-h`` stays with the subcommand CLI's help) or
-    something that names a mount point: a path, an existing directory, or a
-    word followed by more arguments.  A lone word that is none of these is
-    reported as an unknown command by the subcommand CLI.
+    No arguments at all (0.2's usage error, which build tools may test for),
+    or no subcommand first and either a flag first (``--allow=self``,
+    ``--version``, ``--help``, ``-h``) or something that names a mount point:
+    a path, an existing directory, or a word followed by more arguments.  A
+    lone word that is none of these is reported as an unknown command by the
+    subcommand CLI.
     """
-    if not argv or argv[0] in commands or argv[0] == "-h":
-        return False
+    if not argv:
+        return True
     first = argv[0]
+    if first in commands:
+        return False
     return first.startswith("-") or len(argv) > 1 or "/" in first or os.path.isdir(first)

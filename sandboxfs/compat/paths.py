@@ -7,6 +7,7 @@ import os
 import stat
 from typing import Sequence
 
+from sandboxfs.compat.common import os_error_text
 from sandboxfs.errors import RefusedError
 from sandboxfs.tree.mapping import Mapping, check_underlying
 
@@ -55,6 +56,40 @@ def require_root_first(mappings: Sequence[Mapping], shown: Sequence[str]) -> Non
     for index, mapping in enumerate(mappings):
         if index > 0 and not mapping.components:
             raise RefusedError(f"Cannot map '{shown[index]}': Root can be mapped at most once")
+
+
+def with_02_rules(mappings: Sequence[Mapping], shown: Sequence[str] | None = None,
+                  ) -> tuple[tuple[Mapping, ...], tuple[str, ...]]:
+    """One request's (or the command line's) mappings under 0.2's rules, and how 0.2 shows each.
+
+    The root only first; then the host directories behind intermediate
+    directories as added mappings.  ``shown`` is 0.2's display of each given
+    mapping (with its path as written); by default ``describe``.  Shared by
+    the command line and the JSON stream so that both refuse and show alike.
+    """
+    shown = [describe(m) for m in mappings] if shown is None else list(shown)
+    require_root_first(mappings, shown)
+    added = back_intermediate_dirs(mappings)
+    return tuple(mappings) + tuple(added), tuple(shown) + tuple(describe(m) for m in added)
+
+
+def require_mountable_root(mappings: Sequence[Mapping]) -> None:
+    """The mount's root mapping must be a directory, as in 0.2 (``Failed to map root: ...``).
+
+    The kernel gives a FUSE root the type of the mount point, a directory:
+    a root that then says it is a file makes every access to the mount fail
+    with EIO.  (A *sandbox's* root may be a file; see docs/compat.md.)
+    """
+    if not mappings or mappings[0].components:
+        return
+    host = mappings[0].underlying
+    try:
+        st = os.lstat(host)
+    except OSError as exc:
+        raise RefusedError(f"Failed to map root: stat failed for {quoted(os.fsdecode(host))}: "
+                           f"{os_error_text(exc)}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RefusedError(f"Failed to map root: {quoted(os.fsdecode(host))} is not a directory")
 
 
 def back_intermediate_dirs(mappings: Sequence[Mapping]) -> list[Mapping]:

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import trio
 
-from sandboxfs.compat.common import MAX_RECONFIG_WORKERS, OFF_LOOP_MAPPINGS, STDIO
+from sandboxfs.compat.common import MAX_RECONFIG_WORKERS, OFF_LOOP_MAPPINGS, STDIO, os_error_text
 from sandboxfs.errors import RuntimeFailure, SandboxExistsError, SandboxfsError
+from sandboxfs.control.ordering import KeyedOrder
 from sandboxfs.control.requests import Map
 from sandboxfs.compat.jsondecode import CreateSandbox, StreamDecoder, StreamError, decode_request
 from sandboxfs.compat.translate import Job, Translator, error_text, response_line
@@ -21,13 +22,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-
-
-def os_error_text(exc: OSError) -> str:
-    """An OSError as Rust's io::Error shows it: ``No such file or directory (os error 2)``."""
-    if exc.errno is None:
-        return str(exc)
-    return f"{os.strerror(exc.errno)} (os error {exc.errno})"
 
 
 class InputSource:
@@ -157,9 +151,9 @@ class JsonStream:
 
     The reader parses and translates requests in input order; ``workers``
     tasks apply them and answer each as soon as it is done.  With one worker
-    requests are applied and answered strictly in order.  The Reconfigurer
-    serialises tree changes anyway; concurrency overlaps the off-loop builds
-    and the kernel cache invalidations.  When the input ends (or cannot be
+    requests are applied and answered strictly in order.  With more, a small
+    request is applied while a large one is built in a worker thread (each is
+    still applied whole: see ``control.reconfig``).  When the input ends (or cannot be
     parsed) the service returns and the mount keeps serving.
     """
 
@@ -183,6 +177,9 @@ class JsonStream:
             self.sink.close()
 
     async def _serve(self) -> None:
+        # Jobs go to the workers with their place in the per-id order, taken
+        # in input order: a DestroySandbox waits for the CreateSandbox before it.
+        self._order = KeyedOrder()
         send, receive = trio.open_memory_channel(0)
         async with trio.open_nursery() as nursery:
             for _ in range(self.workers):
@@ -208,7 +205,8 @@ class JsonStream:
                         job = await trio.to_thread.run_sync(self.translator.translate, request)
                     else:
                         job = self.translator.translate(request)
-                    await send.send(job)
+                    key = job.name if job.error is None else None
+                    await send.send((job, key, *self._order.enter(key)))
                 decoder.raise_pending()
         except StreamError as exc:
             return exc.message
@@ -218,9 +216,14 @@ class JsonStream:
 
     async def _work(self, receive: trio.MemoryReceiveChannel) -> None:
         async with receive:
-            async for job in receive:
-                error = await self.apply(job)
-                await self.sink.write(response_line(job.id, error))
+            async for job, key, after, done in receive:
+                try:
+                    if after is not None:
+                        await after.wait()
+                    error = await self.apply(job)
+                    await self.sink.write(response_line(job.id, error))
+                finally:
+                    self._order.leave(key, done)
 
     async def apply(self, job: Job) -> str | None:
         """Execute one job; returns None or the error message for its response."""

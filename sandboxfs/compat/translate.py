@@ -14,7 +14,7 @@ from sandboxfs.tree.mapping import Mapping
 from sandboxfs.control.requests import CreateSandbox as CreateRequest, DestroySandbox as DestroyRequest, Map
 from sandboxfs.compat.common import U32_MAX
 from sandboxfs.compat.args import _parse_unsigned
-from sandboxfs.compat.paths import RefusedError, back_intermediate_dirs, describe, mapping_02, require_root_first
+from sandboxfs.compat.paths import RefusedError, describe, mapping_02, with_02_rules
 from sandboxfs.compat.jsondecode import CreateSandbox, DestroySandbox
 
 
@@ -113,11 +113,8 @@ class Translator:
                                  m.writable)
             mappings.append(mapping)
             shown.append(describe(mapping, path))
-        require_root_first(mappings, shown)
-        added = back_intermediate_dirs(mappings)
-        shown.extend(describe(m) for m in added)
-        return Job(request.id, "create_sandbox", os.fsencode(request.id),
-                   tuple(mappings + added), tuple(shown))
+        specs, texts = with_02_rules(mappings, shown)
+        return Job(request.id, "create_sandbox", os.fsencode(request.id), specs, texts)
 
 
 def error_text(exc: SandboxfsError, shown: Sequence[str]) -> str:

@@ -40,6 +40,7 @@ import trio
 
 from sandboxfs.control.framing import DEFAULT_MAX_MESSAGE_SIZE, MessageReader, encode
 from sandboxfs.control.protocol import PrefixTable, error, error_from, ok, request_id
+from sandboxfs.control.ordering import KeyedOrder
 from sandboxfs.control.reconfig import OFF_LOOP_MAPPINGS, Reconfigurer
 from sandboxfs.control.unix_path import socket_address
 from sandboxfs.errors import ControlError, ProtocolError, SandboxfsError, describe_oserror
@@ -227,8 +228,7 @@ class ControlServer:
     async def _take(self, connection: "_Connection", message: Any, large: bool) -> None:
         """Answer a small request now; start a large one (or one that must wait) beside us."""
         key = _sandbox_key(message)
-        after = connection.busy.get(key) if key is not None else None
-        if large or after is not None:
+        if large or connection.order.busy(key):
             # Prefix definitions take effect in the order sent, even when the
             # rest of this request is decoded later in a worker thread.
             _register_prefixes(message, connection.prefixes)
@@ -236,7 +236,7 @@ class ControlServer:
             def decode() -> Awaitable[Any]:
                 return self.reconfigurer.decode(message, connection.prefixes, large)
 
-            await connection.start(key, partial(self._answer, connection, message, decode, after))
+            await connection.start(key, partial(self._answer, connection, message, decode))
             return
         try:
             request = await self.reconfigurer.decode(message, connection.prefixes)
@@ -251,7 +251,7 @@ class ControlServer:
     async def _answer(self, connection: "_Connection", message: Any,
                       decode: Callable[[], Awaitable[Any]],
                       after: trio.Event | None = None) -> None:
-        """Decode (when not yet), apply and answer one request, after ``after`` is set."""
+        """Decode (when not yet), apply and answer one request, once ``after`` is set."""
         ident = request_id(message)
         # Requests queued behind the one in flight get the same deadline.
         with trio.CancelScope(shield=True, deadline=self._shutdown_deadline) as scope:
@@ -313,28 +313,25 @@ class _Connection:
         self.stream = stream
         self.prefixes = PrefixTable()
         self.send_lock = trio.Lock()  # answers from several tasks go out whole
-        self.busy: dict[bytes, trio.Event] = {}  # sandbox name -> its last request in flight
+        self.order = KeyedOrder()  # per sandbox name, among requests beside the reader
         self._nursery = nursery
         self._slots = trio.Semaphore(MAX_BESIDE)
 
-    async def start(self, key: bytes | None, answer: Callable[[], Awaitable[None]]) -> None:
-        """Run ``answer()`` beside the reader; sandbox ``key`` is busy until it ends."""
+    async def start(self, key: bytes | None,
+                    answer: Callable[[trio.Event | None], Awaitable[None]]) -> None:
+        """Run ``answer(after)`` beside the reader, after the earlier request for ``key``."""
         await self._slots.acquire()
-        done = trio.Event()
-        if key is not None:
-            self.busy[key] = done
-        self._nursery.start_soon(self._run, answer, key, done)
+        after, done = self.order.enter(key)
+        self._nursery.start_soon(self._run, answer, after, key, done)
 
-    async def _run(self, answer: Callable[[], Awaitable[None]], key: bytes | None,
-                   done: trio.Event) -> None:
+    async def _run(self, answer: Callable[[trio.Event | None], Awaitable[None]],
+                   after: trio.Event | None, key: bytes | None, done: trio.Event) -> None:
         try:
-            await answer()
+            await answer(after)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.aclose_forcefully(self.stream)  # ends the reader too
         finally:
-            done.set()
-            if key is not None and self.busy.get(key) is done:
-                del self.busy[key]
+            self.order.leave(key, done)
             self._slots.release()
 
 

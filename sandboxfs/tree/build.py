@@ -39,6 +39,7 @@ class Build:
     """What both variants share: walking, placing, failing with the mapping named."""
 
     journaled = False
+    file_top = False  # the top may be mapped to a non-directory (Tree.file_tops)
 
     def __init__(self, label: str, holder: ScaffoldDir, key: bytes) -> None:
         self.label = label
@@ -164,12 +165,22 @@ class Build:
             # the new mapping (the same dict, so cached walks stay valid).
             leaf = leaf.as_node(name)
             assert isinstance(leaf, HostNode)
-            leaf.overlays = existing.children
-            why = "cannot nest below" if existing.children else \
-                "the top of a mount or sandbox must be a directory:"
-            self.require_directory(index, path, leaf, why)
+            if existing.children or not self.may_be_file(container, name, leaf):
+                leaf.overlays = existing.children
+                why = "cannot nest below" if existing.children else \
+                    "the top of a mount or sandbox must be a directory:"
+                self.require_directory(index, path, leaf, why)
         self.store(container, name, leaf)
         self.note_change(parent, name)
+
+    def may_be_file(self, container: dict, name: bytes, leaf: HostNode) -> bool:
+        """Whether ``leaf``, mapped onto the top, may stay a non-directory (``file_top``)."""
+        if not self.file_top or container is not self.holder.children or name != self.key:
+            return False
+        try:
+            return not stat.S_ISDIR(os.lstat(leaf.host_path()).st_mode)
+        except OSError:
+            return False  # require_directory says why
 
     def require_directory(self, index: int, path: PathOrMaker, node: HostNode,
                           why: str = "cannot nest below") -> None:
@@ -188,10 +199,11 @@ class Build:
 class DetachedBuild(Build):
     """Builds a new subtree: ``holder.children[key]`` is a new, empty ScaffoldDir."""
 
-    def __init__(self, label: str, key: bytes) -> None:
+    def __init__(self, label: str, key: bytes, *, file_top: bool = False) -> None:
         top = ScaffoldDir()
         super().__init__(label, ScaffoldDir({key: top}), key)
         self.new_scaffolds.add(id(top))  # an empty new top may itself be mapped ("/")
+        self.file_top = file_top
 
     @property
     def top(self) -> Node:

@@ -67,6 +67,11 @@ class Sandbox:
 class Tree:
     """The mount's root, its initial mappings, and its live sandboxes."""
 
+    # Whether a new sandbox's "/" may be mapped to a non-directory, making
+    # /name that file.  sandboxfs 0.2 allowed it, so its front end turns this
+    # on; the control protocol keeps sandbox tops directories.
+    file_tops = False
+
     def __init__(self, mappings: Sequence[Spec] = ()) -> None:
         build = DetachedBuild("mount", b"")
         if mappings:
@@ -100,7 +105,7 @@ class Tree:
         ``attach_sandbox`` then makes it visible in one step.
         """
         raw = self.new_sandbox_name(name)
-        build = DetachedBuild(f"create_sandbox '{display(raw)}'", raw)
+        build = DetachedBuild(f"create_sandbox '{display(raw)}'", raw, file_top=self.file_tops)
         count = build.insert_all(specs)
         return Sandbox(raw, build.top, count)
 

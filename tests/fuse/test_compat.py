@@ -188,10 +188,10 @@ def test_multiline_objects_whitespace_and_aliases(sandboxfs02, tree):
     time.sleep(0.2)  # one object over several writes
     child.send(f'  {{"p": "/d", "u": "{tree / "dir"}"}},\n  {{"p": "/w", "u": "{tree / "rw"}", "w": true}}'
                ']}}\t\n\n{"D": "nope"}{"C": {"i": "s2"}}')
-    assert child.response() == ok("s1")
-    destroy_missing = child.response()
-    assert destroy_missing["id"] == "nope" and destroy_missing["error"]
-    assert child.response() == ok("s2")
+    # Two reconfiguration threads (the CPU count): answers may come in any order.
+    answers = {r["id"]: r for r in (child.response() for _ in range(3))}
+    assert answers["s1"] == ok("s1") and answers["s2"] == ok("s2")
+    assert answers["nope"]["error"]
     assert sorted(os.listdir(mnt)) == ["s1", "s2"]
     assert os.listdir(mnt / "s1" / "d") == ["a.txt"]
     (mnt / "s1" / "w" / "x").write_text("x")
@@ -390,10 +390,40 @@ def test_many_reconfig_threads_answer_everything(sandboxfs02, tree):
     assert len(os.listdir(child.mount_point)) == 300
 
 
+def test_requests_for_one_id_apply_in_the_order_sent(sandboxfs02, tree):
+    """Many threads, yet each destroy waits for its create (and a re-create for the destroy)."""
+    child = sandboxfs02(["--reconfig_threads=8"])
+    rounds = 10
+    lines = []
+    for i in range(rounds):  # the first create is large: it is built in a worker thread
+        large = (mapping(f"/d/{n}", tree / "file") for n in range(600))
+        lines += [create(f"s{i}", *large), {"DestroySandbox": f"s{i}"},
+                  create(f"s{i}", mapping("/e", tree / "dir"))]
+    child.send("".join(json.dumps(line) for line in lines))
+    answers = [child.response() for _ in range(3 * rounds)]
+    assert all(a["error"] is None for a in answers), [a for a in answers if a["error"]]
+    assert sorted(os.listdir(child.mount_point)) == sorted(f"s{i}" for i in range(rounds))
+    assert os.listdir(child.mount_point / "s7") == ["e"]
+
+
+def test_a_large_request_does_not_hold_up_a_small_one(sandboxfs02, tree):
+    """With two reconfiguration threads, a CreateSandbox of 50,000 mappings is
+    overtaken by a small one sent after it; each is applied whole."""
+    child = sandboxfs02(["--reconfig_threads=2"])
+    count = 50_000
+    big = create("big", *(mapping(f"/d{i % 100}/f{i}", tree / "file") for i in range(count)))
+    child.send(json.dumps(big) + json.dumps(create("small", mapping("/d", tree / "dir"))))
+    assert child.response(timeout=60) == ok("small")
+    assert child.response(timeout=60) == ok("big")
+    assert (child.mount_point / "small" / "d" / "a.txt").read_text() == "from dir\n"
+    assert len(os.listdir(child.mount_point / "big")) == 100
+    assert (child.mount_point / "big" / "d7" / f"f{count - 93}").read_text() == "plain\n"
+
+
 # -- life cycle -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT],
                          ids=lambda s: signal.Signals(s).name)
 def test_signal_unmounts_and_exits_non_zero(sandboxfs02, tree, signum):
     child = sandboxfs02()

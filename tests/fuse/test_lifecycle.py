@@ -114,7 +114,7 @@ def assert_cleanly_gone(mount: Mount, status: int) -> None:
 # -- shutdown ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT],
                          ids=lambda s: signal.Signals(s).name)
 def test_signal_unmounts_and_exits_zero(sandboxfs_mount, workdir, signum):
     mount = sandboxfs_mount(["--mapping", f"ro:/src:{make_source(workdir)}"])

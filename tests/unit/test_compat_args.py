@@ -85,6 +85,24 @@ def test_usage_errors_exit_2_and_mention_help(capsys, nowhere, argv, message):
     assert "Traceback" not in err
 
 
+def test_no_arguments_is_02s_usage_error(capsys):
+    status, out, err = run(capsys, [])
+    assert (status, out) == (2, "")
+    assert err == ("usage: sandboxfs [options] MOUNT_POINT\n"
+                   "sandboxfs: error: invalid number of arguments\n"
+                   "Type sandboxfs --help for more information\n")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-hx", "MP"], "Unrecognized option: 'x'"),
+    (["-h", "--help"], "Option 'help' given more than once"),
+])
+def test_h_is_help_in_getopts_rules(capsys, nowhere, argv, message):
+    status, out, err = run(capsys, [nowhere if a == "MP" else a for a in argv])
+    assert (status, out) == (2, "")
+    assert message in err
+
+
 def test_unknown_flag_wins_over_help(capsys):
     status, out, err = run(capsys, ["--help", "--invalid_flag"])
     assert status == 2 and out == ""
@@ -93,6 +111,8 @@ def test_unknown_flag_wins_over_help(capsys):
 
 @pytest.mark.parametrize("argv", [
     ["--help"],
+    ["-h"],
+    ["-h", "--allow=self", "mnt"],
     ["--help", "--version"],
     ["--version", "--help"],
     ["--help", "--allow=bad", "--mapping=xx:a:b", "a", "b"],  # help wins over bad values and arguments
@@ -171,6 +191,47 @@ def test_missing_output_file_is_a_runtime_error(capsys, tmp_path, nowhere):
     assert f"Failed to open reconfiguration output '{missing}': No such file or directory" in err
 
 
+def test_conflicting_mappings_are_worded_as_02(capsys, tmp_path, nowhere):
+    status, out, err = run(capsys, ["--input", os.devnull, f"--mapping=ro:/a/a:{tmp_path}",
+                                    f"--mapping=rw:/a/a:{tmp_path}", nowhere])
+    assert (status, out) == (1, "")
+    assert err == f"sandboxfs: Cannot map '/a/a -> {tmp_path} (read/write)': Already mapped\n"
+
+
+def test_missing_underlying_path_is_worded_as_02(capsys, tmp_path, nowhere):
+    missing = tmp_path / "missing"
+    status, _, err = run(capsys, ["--input", os.devnull, f"--mapping=ro:/a:{missing}", nowhere])
+    assert status == 1
+    assert err == (f"sandboxfs: Cannot map '/a -> {missing} (read-only)': underlying path "
+                   f"{missing} does not exist: ENOENT (No such file or directory)\n")
+
+
+def test_root_mapped_to_a_file_fails_to_map_root(capsys, tmp_path, nowhere):
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    status, _, err = run(capsys, ["--input", os.devnull, f"--mapping=ro:/:{plain}", nowhere])
+    assert status == 1
+    assert err == f'sandboxfs: Failed to map root: "{plain}" is not a directory\n'
+
+
+def test_root_mapped_to_nothing_fails_to_map_root_with_the_cause(capsys, tmp_path, nowhere):
+    missing = tmp_path / "missing"
+    status, _, err = run(capsys, ["--input", os.devnull, f"--mapping=rw:/:{missing}", nowhere])
+    assert status == 1
+    assert err == (f'sandboxfs: Failed to map root: stat failed for "{missing}": '
+                   "No such file or directory (os error 2)\n")
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf", ""])
+def test_bad_unmount_timeout_is_a_runtime_error_naming_the_variable(capsys, monkeypatch, nowhere,
+                                                                    value):
+    monkeypatch.setenv("SANDBOXFS_UNMOUNT_TIMEOUT", value)
+    status, out, err = run(capsys, ["--input", os.devnull, nowhere])
+    assert (status, out) == (1, "")
+    assert err == (f"sandboxfs: SANDBOXFS_UNMOUNT_TIMEOUT={value!r}: "
+                   "not a number of seconds (0 or more)\n")
+
+
 def test_root_mapping_after_another_is_a_runtime_error(capsys, tmp_path, nowhere):
     status, _, err = run(capsys, ["--input", os.devnull, f"--mapping=ro:/a:{tmp_path}",
                                   f"--mapping=ro:/:{tmp_path}", nowhere])
@@ -179,10 +240,10 @@ def test_root_mapping_after_another_is_a_runtime_error(capsys, tmp_path, nowhere
 
 
 @pytest.mark.parametrize("argv, is_02", [
-    ([], False),
+    ([], True),                            # 0.2's usage error
     (["mount", "x"], False),
     (["create", "sb"], False),
-    (["-h"], False),
+    (["-h"], True),
     (["no-such-command"], False),          # a lone word that is no directory: an unknown command
     (["--version"], True),
     (["--help"], True),
