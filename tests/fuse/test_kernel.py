@@ -7,6 +7,7 @@ names; these tests start their mounts with ``--transport kernel`` themselves.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -124,4 +125,41 @@ def test_the_loop_ends_when_its_device_fd_is_closed(workdir):
         transport.close_device()
         device.unmount(str(point))
     assert ended
+    assert not is_mounted(point)
+
+
+def _mount_type(point: Path) -> str | None:
+    """The type of the topmost mount at ``point`` (/proc/self/mounts), or None."""
+    found = None
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if fields[1] == str(point):
+                found = fields[2]
+    return found
+
+
+@pytest.mark.skipif(not ROOT, reason="mounts a tmpfs")
+def test_a_mount_made_where_ours_was_is_left_alone(sandboxfs_mount, workdir):
+    """Unmounted from outside while the server was stopped, then something else mounted
+    there: the server ends normally and does not detach the newcomer."""
+    host = _host(workdir)
+    mount = sandboxfs_mount(["--transport", "kernel", "--mapping", f"ro:/src:{host / 'src'}"])
+    point = mount.mount_point
+    os.kill(mount.pid, signal.SIGSTOP)
+    other = False
+    try:
+        subprocess.run(["umount", "-l", str(point)], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "newcomer", str(point)], check=True)
+        other = True
+        (point / "marker").write_text("mine")
+        os.kill(mount.pid, signal.SIGCONT)
+        assert mount.wait(timeout=10) == 0
+        assert _mount_type(point) == "tmpfs"
+        assert (point / "marker").read_text() == "mine"
+    finally:
+        if mount.alive():
+            os.kill(mount.pid, signal.SIGCONT)
+        if other:
+            subprocess.run(["umount", str(point)], check=True)
     assert not is_mounted(point)

@@ -14,6 +14,8 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import re
+import select
 import shutil
 import socket
 import stat
@@ -95,6 +97,43 @@ def _mount_with_fusermount(mount_point: str, options: set[str]) -> int:
     finally:
         ours.close()
         theirs.close()
+
+
+def session_ended(fd: int) -> bool:
+    """Whether the kernel ended the session of ``fd`` (POLLERR: unmounted or aborted)."""
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(events & (select.POLLERR | select.POLLNVAL) for _fd, events in poller.poll(0))
+
+
+def mounted_device(real_path: bytes) -> str | None:
+    """``mount_id major:minor`` of the topmost mount at ``mount_point``
+    (/proc/self/mountinfo), or None.
+
+    Taken right after mounting, it names our mount: at shutdown, a session
+    the kernel already ended (an unmount from outside) may have left the path
+    to someone else's mount, and a mount made on top of ours is not ours
+    either; neither may be detached.  ``real_path`` is resolved beforehand:
+    resolving it once our mount is there would ask our own, not yet serving,
+    filesystem.
+    """
+    found = None
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                fields = line.split(b" ", 5)
+                if len(fields) > 4 and _unescape(fields[4]) == real_path:
+                    found = f"{fields[0].decode()} {fields[2].decode()}"  # later lines are on top
+    except OSError:
+        return None
+    return found
+
+
+def _unescape(field: bytes) -> bytes:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040)."""
+    if b"\\" not in field:
+        return field
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
 def unmount(mount_point: str) -> None:

@@ -87,6 +87,8 @@ class KernelTransport:
         self.ops = ops
         self.fd = -1
         self.mount_point = ""
+        self._real_path = b""
+        self._mounted_as: str | None = None  # our mount's id (device.mounted_device)
         self.want_passthrough = passthrough
         self.passthrough = False      # what INIT settled
         self.notifier = KernelNotifier(self)
@@ -103,16 +105,31 @@ class KernelTransport:
 
     def mount(self, mount_point: str, options: set[str]) -> None:
         """Mount; raises RuntimeError when the kernel refuses."""
+        self._real_path = os.fsencode(os.path.realpath(mount_point))  # before: no stat of ours
         try:
             self.fd = device.mount(mount_point, options)
         except OSError as exc:
             raise RuntimeError(str(exc)) from None
         self.mount_point = mount_point
+        self._mounted_as = device.mounted_device(self._real_path)
         device.set_nonblocking(self.fd)
 
     def unmount(self) -> None:
-        if self.mount_point:
-            device.unmount(self.mount_point)
+        """Detach our mount, close the device.
+
+        Nothing is detached when the kernel already ended the session (the
+        mount was removed from outside, and the path may hold someone else's
+        mount by now: mount ids are reused at once), nor when another mount
+        was made on top of ours.  An aborted connection's dead mount is then
+        left to the next start (``mount.prepare_mount_point``), as libfuse does.
+        """
+        if self.mount_point and self.fd >= 0 and not device.session_ended(self.fd):
+            now = device.mounted_device(self._real_path)
+            if self._mounted_as is None or now == self._mounted_as:
+                device.unmount(self.mount_point)
+            else:
+                log.warning("%s has another mount on top of ours (%s, ours is %s): left alone",
+                            self.mount_point, now, self._mounted_as)
         self.close_device()
 
     def close_device(self) -> None:
