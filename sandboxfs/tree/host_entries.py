@@ -51,21 +51,24 @@ class HostEntry:
     ``dir_fd`` is None when ``name`` is an absolute path: a mapping's own host
     path or a name directly inside it, where only the last component could
     be swapped (and is not followed).  Use it as a context manager: the fd
-    is closed at the end.
+    is closed at the end, unless it is a kept one (``owned`` False:
+    ``tree.dir_fds``).
     """
 
-    __slots__ = ("dir_fd", "name")
+    __slots__ = ("dir_fd", "name", "owned")
 
-    def __init__(self, dir_fd: int | None, name: bytes) -> None:
+    def __init__(self, dir_fd: int | None, name: bytes, owned: bool = True) -> None:
         self.dir_fd = dir_fd
         self.name = name
+        self.owned = owned
 
     def __enter__(self) -> "HostEntry":
         return self
 
     def __exit__(self, *exc) -> None:
         if self.dir_fd is not None:
-            os.close(self.dir_fd)
+            if self.owned:
+                os.close(self.dir_fd)
             self.dir_fd = None
 
     def lstat(self) -> os.stat_result:

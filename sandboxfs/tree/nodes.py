@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 
+from sandboxfs.tree.dir_fds import DIR_FDS
 from sandboxfs.tree.host_entries import HostEntry, open_below
 
 
@@ -189,6 +190,7 @@ class HostNode(Node):
             return node
         if node is not None:
             node.parent = None  # replaced behind our back: the old node is orphaned
+            DIR_FDS.discard(node)
         node = known[name] = FoundNode(self, name, st.st_ino, self.writable)
         return node
 
@@ -198,6 +200,7 @@ class HostNode(Node):
         node = known.pop(name, None) if known else None
         if node is not None:
             node.parent = None
+            DIR_FDS.discard(node)
         return node
 
     def adopt(self, name: bytes, node: "FoundNode") -> None:
@@ -229,6 +232,7 @@ class HostNode(Node):
         known = self.known
         if known is not None and known.get(node.name) is node:
             del known[node.name]
+        DIR_FDS.discard(node)
 
 
 class MappedNode(HostNode):
@@ -315,4 +319,13 @@ class FoundNode(HostNode):
         return self.parent.child_entry(self.name)
 
     def child_entry(self, name: bytes) -> HostEntry:
-        return HostEntry(self.open_dir(), name)
+        return HostEntry(DIR_FDS.get(self, self.open_dir), name, owned=False)
+
+    def lstat(self) -> os.stat_result:  # hot paths (lookup, getattr): no HostEntry
+        parent = self.parent
+        if parent is None:
+            raise FileNotFoundError(2, "node was removed from its directory")
+        return parent.lstat_child(self.name)
+
+    def lstat_child(self, name: bytes) -> os.stat_result:
+        return os.stat(name, dir_fd=DIR_FDS.get(self, self.open_dir), follow_symlinks=False)
