@@ -111,7 +111,16 @@ def read_fresh(path: Path) -> bytes:
 
 
 def server_fds(mount: Mount) -> int:
-    return len(os.listdir(f"/proc/{mount.proc.pid}/fd"))
+    """The server's socket fds: what connections cost (kept directory fds and
+    open files come and go with the filesystem's own use)."""
+    directory = f"/proc/{mount.proc.pid}/fd"
+    count = 0
+    for name in os.listdir(directory):
+        try:
+            count += os.readlink(f"{directory}/{name}").startswith("socket:")
+        except FileNotFoundError:
+            pass  # closed meanwhile
+    return count
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = SERVE_BOUND) -> None:
