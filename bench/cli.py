@@ -1,8 +1,11 @@
 """`python -m bench [--quick|--tiny] [--out DIR] [--docs DIR] [--only S,...]`.
 
 Owns the run: sizes per mode, the shared environment (work tree, toolchain, one
-sandboxfs mount), cleanup on any exit (Ctrl-C included), the JSON file, and the
-call to ``report``.  Scenarios do the measuring.
+sandboxfs mount; the last two made when a scenario first uses them), cleanup on
+any exit (Ctrl-C included), the JSON file, and the call to ``report``.
+Scenarios do the measuring.  A scenario that cannot run here (no Bazel)
+returns ``{"skipped": reason}``: the report says so, and the exit status is
+``EXIT_SKIPPED`` so the run does not pass for a complete one.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import logging
 import os
@@ -25,13 +29,14 @@ import attrs
 
 from bench import mounts, report, tree
 from bench.measure import Progress
-from bench.scenarios import actions, io, scale, setup
+from bench.scenarios import actions, bazel, io, scale, setup
 from bench.strategies import (FOREST_STRATEGIES, InPlace, Sandboxfs, SandboxfsPrepared, SandboxfsReuse,
                               Strategy)
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = {"setup": setup, "actions": actions, "io": io, "scale": scale}
+SCENARIOS = {"setup": setup, "actions": actions, "io": io, "scale": scale, "bazel": bazel}
+EXIT_SKIPPED = 3
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -52,6 +57,11 @@ class Config:
     scale_live: list[int]
     scale_cycle_inputs: int
     scale_cycles: int
+    bazel_compiles: int      # gcc genrules, each declaring every header
+    bazel_headers: int       # headers in the shared header package
+    bazel_includes: int      # headers each compile includes
+    bazel_shell: int         # small shell genrules
+    bazel_rounds: tuple[int, int]  # warm-up rounds, measured rounds (4 clean builds each)
 
     @property
     def toolchain_size(self) -> int:
@@ -59,11 +69,13 @@ class Config:
 
 
 MODES = {
-    "tiny": Config("tiny", 1, 2, [20, 100], 4, 200, 10, 10, (2, 10), 4, 50, 200, [1000], 100, 20),
+    "tiny": Config("tiny", 1, 2, [20, 100], 4, 200, 10, 10, (2, 10), 4, 50, 200, [1000], 100, 20,
+                   3, 12, 6, 2, (0, 1)),
     "quick": Config("quick", 1, 3, [100, 1000, 10_000], 6, 2000, 100, 50, (10, 50), 64, 500, 2000,
-                    [10_000, 100_000], 1000, 50),
+                    [10_000, 100_000], 1000, 50, 40, 300, 100, 15, (1, 3)),
     "full": Config("full", 1, 5, [100, 1000, 10_000, 100_000], 12, 10_000, 300, 200, (40, 100),
-                   256, 2000, 10_000, [10_000, 100_000, 1_000_000], 1000, 200),
+                   256, 2000, 10_000, [10_000, 100_000, 1_000_000], 1000, 200, 150, 300, 100, 50,
+                   (1, 7)),
 }
 
 
@@ -74,12 +86,19 @@ class Env:
         self.stack = stack
         self.workdir = workdir
         self.config = config
-        started = time.monotonic()
-        self.toolchain = tree.make_toolchain(workdir / "toolchain", config.toolchain_size)
-        log.info("toolchain of %d files built in %.1fs", config.toolchain_size,
-                 time.monotonic() - started)
-        self.mount = self.start(mounts.sandboxfs(workdir))
         self._strategies: dict[str, Strategy] = {}
+
+    @functools.cached_property
+    def toolchain(self) -> tree.Toolchain:
+        started = time.monotonic()
+        made = tree.make_toolchain(self.workdir / "toolchain", self.config.toolchain_size)
+        log.info("toolchain of %d files built in %.1fs", self.config.toolchain_size,
+                 time.monotonic() - started)
+        return made
+
+    @functools.cached_property
+    def mount(self) -> mounts.FuseChild:
+        return self.start(mounts.sandboxfs(self.workdir))
 
     def start(self, child: mounts.FuseChild) -> mounts.FuseChild:
         child.start()
@@ -187,4 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if docs is not None and not args.no_report:
         report.render(results, docs)
         log.info("report: %s", docs / "benchmarks.md")
-    return 0
+    skipped = {n: r["skipped"] for n, r in results["scenarios"].items() if "skipped" in r}
+    for name, why in skipped.items():
+        log.warning("scenario %s was SKIPPED, nothing measured: %s", name, why)
+    return EXIT_SKIPPED if skipped else 0

@@ -2,13 +2,17 @@
 
 ``render(results, docs_dir)`` rewrites benchmarks.md from the results; any text
 below the line ``KEEP_MARKER`` in the existing file is hand-written analysis and
-is carried over unchanged.  ``python -m bench.report RESULTS.json [DOCS_DIR]``
-re-renders a saved run.
+is carried over unchanged.  A run of some scenarios only (``--only bazel``)
+replaces only their sections and target lines: the other scenarios' sections
+and the machine section are carried over word for word (the latter gains a line
+naming the separate run), so their numbers stay those of the run that made them.
+``python -m bench.report RESULTS.json [DOCS_DIR]`` re-renders a saved run.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -238,30 +242,176 @@ def _stall_text(stall: dict) -> str:
             "(the server's single event loop stalls for the longest uninterrupted step).")
 
 
-def _targets_section(results: dict) -> str:
+BAZEL_LABELS = {"local": "no sandbox (local)", "processwrapper": "processwrapper-sandbox",
+                "linux_sandbox": "linux-sandbox", "sandboxfs": "linux-sandbox + sandboxfs"}
+BAZEL_PHASES = {"mountSandboxfs": "mount sandboxfs", "sandbox.createFileSystem": "create sandbox",
+                "subprocess.run": "run action", "sandbox.copyOutputs": "copy outputs",
+                "sandbox.delete": "delete sandbox"}
+
+
+def _bazel_section(data: dict, plots: Path) -> str:
+    head = "## 5. Bazel 2.1: clean builds"
+    if "skipped" in data:
+        return f"{head}\n\n**Skipped: nothing was measured.** {data['skipped']}"
+    rows = {r["strategy"]: r for r in data["rows"]}
+    server = rows["sandboxfs"]["server"]
+    walls = [[BAZEL_LABELS[n], _range(r["wall_seconds"]), _ratio(r["ratio_to_local"]["median"]),
+              _ratio(r["ratio_to_linux_sandbox"]["median"]),
+              _num(r["bazel_server_cpu_seconds"]["median"]),
+              _num(server["server_cpu_seconds"]["median"]) if n == "sandboxfs" else "–"]
+             for n, r in rows.items()]
+    phases = [[BAZEL_LABELS[n], *(_num(r["phases"][p]["median"], 2) if r["phase_counts"].get(p)
+                                  else "–" for p in BAZEL_PHASES)] for n, r in rows.items()]
+    _plot_bazel(data, plots / "bazel.png")
+    return "\n\n".join(part for part in [
+        head,
+        f"{data['actions']} genrules: {data['compiles']} gcc compiles, each declaring all "
+        f"{data['headers']} headers of a header package and including {data['includes']} of them, "
+        f"and {data['shell_actions']} small shell actions. Each build is `bazel build --jobs="
+        f"{data['jobs']}` after an untimed `bazel clean`, on one warm server; one build per strategy "
+        f"per round, in rotated order, {data['warmup']} warm-up round(s) dropped, {data['repeats']} "
+        "measured. The sandboxes get `--sandbox_base` on the work tree, outside the output base. "
+        f"Bazel and its actions run on CPUs {data['cpus'][0]}–{data['cpus'][-1]}; the sandboxfs "
+        f"server ({data['transport']} transport, started by Bazel for each build) is pinned to CPU "
+        f"{data['cpus'][-1]}. Run {data['started']} – {data['finished']}, load average "
+        f"{_loads(data['loadavg_start'])} at start and {_loads(data['loadavg_end'])} at the end. "
+        "Ratios are computed round by round, median shown.",
+        f"Outputs byte-identical across strategies: **{'yes' if data['outputs_identical'] else 'NO'}**"
+        + ("" if data["outputs_identical"] else f" ({'; '.join(data['mismatches'])})"),
+        _table(["strategy", "build s: median (min–max)", "vs local", "vs linux-sandbox",
+                "Bazel server CPU s", "sandboxfs server CPU s"], walls),
+        "Where the time goes, from Bazel's own profile (`--profile`, on in every build): each "
+        "span summed over the build's actions (seconds of action time, two at a time), median:",
+        _table(["strategy", *BAZEL_PHASES.values()], phases),
+        f"The sandboxfs server, per build (from its JSON stream, timed at the pipes): "
+        f"{server['creates']} CreateSandbox ({server['mappings_per_create']['median']:.0f} mappings "
+        f"each) and {server['destroys']} DestroySandbox; a create took "
+        f"{_num(server['create_ms_median']['median'])} ms median (worst "
+        f"{_num(server['create_ms_max'])}), a destroy {_num(server['destroy_ms_median']['median'])} "
+        f"ms; {_num(server['create_total_seconds']['median'], 2)} s and "
+        f"{_num(server['destroy_total_seconds']['median'], 2)} s in all. From its start to its "
+        f"first answer: {_num(server['startup_seconds']['median'], 2)} s.",
+        _bazel_profile_text(data.get("profiled_build", {})),
+        "![Bazel clean builds](plots/bazel.png)",
+    ] if part)
+
+
+def _loads(xs: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in xs)
+
+
+def _bazel_profile_text(build: dict) -> str:
+    prof = build.get("server_profile")
+    if not prof:
+        return ""
+    busy = prof["main_thread_seconds"] - prof["idle_seconds"]
+    ops = sorted(prof["fuse"].items(), key=lambda kv: -kv[1]["calls"])
+    parts = ", ".join(f"{name} {_num(v['seconds'], 2)} s" for name, v in prof["parts"].items())
+    top = ", ".join(f"`{t['function']}` {_num(t['seconds'], 2)} s ({t['calls']:,} calls)"
+                    for t in prof["top_own_time"][:5])
+    return "\n\n".join([
+        f"One more sandboxfs build with the server's `--cpu_profile` (cProfile slows the server, "
+        f"so it is not in the medians: {build['wall']:.1f} s): its event loop was busy "
+        f"{busy:.1f} s and waited {prof['idle_seconds']:.1f} s. FUSE requests it served, by "
+        "handler (seconds inside the handler, profiled):",
+        _table(["request", "count", "per action", "s"],
+               [[op, f"{v['calls']:,}", _num(v["calls"] / build["processes"]["linux-sandbox"]),
+                 _num(v["seconds"], 2)] for op, v in ops if v["calls"]]),
+        f"Reconfiguration on the loop: {parts}. Most own time: {top}."])
+
+
+def _plot_bazel(data: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    rows = data["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), dpi=100)
+    labels = [BAZEL_LABELS[r["strategy"]] for r in rows]
+    med = [r["wall_seconds"]["median"] for r in rows]
+    err = [[m - r["wall_seconds"]["min"] for m, r in zip(med, rows)],
+           [r["wall_seconds"]["max"] - m for m, r in zip(med, rows)]]
+    colors = ["tab:blue" if r["strategy"] == "sandboxfs" else "tab:gray" for r in rows]
+    bars = left.barh(labels, med, xerr=err, color=colors, capsize=3)
+    left.bar_label(bars, labels=[f"{m:.1f}" for m in med], padding=8, fontsize=8)
+    by = {r["strategy"]: r["wall_seconds"]["median"] for r in rows}
+    for x, what, style in ((2 * by["local"], "2x local", "--"),
+                           (0.6 * by["linux_sandbox"], "0.6x linux-sandbox", ":")):
+        left.axvline(x, color="tab:red", linestyle=style, label=f"target: {what}")
+    left.invert_yaxis()
+    left.set_xlabel("clean build, s (median, min–max)")
+    left.set_title(f"{data['actions']} actions, --jobs={data['jobs']}")
+    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    lefts = [0.0] * len(rows)
+    for phase, name in BAZEL_PHASES.items():
+        vals = [r["phases"][phase]["median"] or 0 for r in rows]
+        right.barh(labels, vals, left=lefts, label=name)
+        lefts = [a + b for a, b in zip(lefts, vals)]
+    right.invert_yaxis()
+    right.set_yticklabels([])
+    right.set_xlabel("Bazel's profile: s per build, spans summed over actions (median)")
+    right.set_title("Sandbox phases (local has none)")
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+    for ax in (left, right):
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _setup_targets(data: dict) -> list[str]:
+    out = []
+    for n, target in ((10_000, 10), (100_000, 30)):
+        row = [r for r in data["rows"] if r["n"] == n and r["strategy"] == "sandboxfs"]
+        if row:
+            got = row[0]["speedup_vs_symlink_py"]["median"]
+            out.append(f"- Setup + teardown at N = {n:,}: sandboxfs is **{got:.1f}x** faster than "
+                       f"the Python symlink forest (target ≥ {target}x: "
+                       f"{'met' if got >= target else 'not met'}).")
+    return out
+
+
+def _actions_targets(data: dict) -> list[str]:
+    rows = {r["strategy"]: r for r in data["rows"]}
+    s, f = rows["sandboxfs"]["overhead_per_action_ms"]["median"], \
+        rows["symlink_py"]["overhead_per_action_ms"]["median"]
+    reuse = rows["sandboxfs_reuse"]["overhead_per_action_ms"]["median"]
+    return [f"- Action overhead at {data['declared_inputs']:,} declared inputs: sandboxfs "
+            f"{s:.1f} ms/action (reused: {reuse:.1f}) vs Python symlink forest {f:.1f} "
+            f"(target: less: {'met' if s < f else 'not met'})."]
+
+
+def _io_targets(data: dict) -> list[str]:
+    ok = [r for r in data["rows"] if (r["sandboxfs_vs_bindfs"]["median"] or 0) >= 0.95]
+    bad = [METRIC_LABELS[r["metric"]] for r in data["rows"] if r not in ok]
+    return [f"- I/O at or better than bindfs: {len(ok)} of {len(data['rows'])} rows"
+            + (f"; worse: {'; '.join(bad)}." if bad else ".")]
+
+
+def _bazel_targets(data: dict) -> list[str]:
+    if "skipped" in data:
+        return [f"- Bazel 2.1 clean build: **not measured** (the scenario was skipped: "
+                f"{data['skipped']})."]
+    row = {r["strategy"]: r for r in data["rows"]}["sandboxfs"]
+    local, linux = row["ratio_to_local"]["median"], row["ratio_to_linux_sandbox"]["median"]
+    return [f"- Bazel 2.1 clean build of {data['actions']} actions (`--jobs={data['jobs']}`): "
+            f"linux-sandbox + sandboxfs {row['wall_seconds']['median']:.1f} s is **{local:.2f}x** "
+            f"local (target ≤ 2x: {'met' if local <= 2 else 'not met'}) and **{linux:.2f}x** "
+            f"linux-sandbox (target ≤ 0.6x: {'met' if linux <= 0.6 else 'not met'})."]
+
+
+# Each scenario's lines in the Targets section, and how its lines begin (to carry them over).
+TARGET_LINES = {"setup": (_setup_targets, "- Setup + teardown"),
+                "actions": (_actions_targets, "- Action overhead"),
+                "io": (_io_targets, "- I/O at or better"), "bazel": (_bazel_targets, "- Bazel")}
+
+
+def _targets_section(results: dict, carried: str = "") -> str:
+    """Targets of the scenarios in ``results``; the other scenarios' lines from ``carried``."""
     out = ["## Targets", ""]
     sc = results["scenarios"]
-    if "setup" in sc:
-        for n, target in ((10_000, 10), (100_000, 30)):
-            row = [r for r in sc["setup"]["rows"] if r["n"] == n and r["strategy"] == "sandboxfs"]
-            if row:
-                got = row[0]["speedup_vs_symlink_py"]["median"]
-                out.append(f"- Setup + teardown at N = {n:,}: sandboxfs is **{got:.1f}x** faster than "
-                           f"the Python symlink forest (target ≥ {target}x: "
-                           f"{'met' if got >= target else 'not met'}).")
-    if "actions" in sc:
-        rows = {r["strategy"]: r for r in sc["actions"]["rows"]}
-        s, f = rows["sandboxfs"]["overhead_per_action_ms"]["median"], \
-            rows["symlink_py"]["overhead_per_action_ms"]["median"]
-        reuse = rows["sandboxfs_reuse"]["overhead_per_action_ms"]["median"]
-        out.append(f"- Action overhead at {sc['actions']['declared_inputs']:,} declared inputs: sandboxfs "
-                   f"{s:.1f} ms/action (reused: {reuse:.1f}) vs Python symlink forest {f:.1f} "
-                   f"(target: less: {'met' if s < f else 'not met'}).")
-    if "io" in sc:
-        ok = [r for r in sc["io"]["rows"] if (r["sandboxfs_vs_bindfs"]["median"] or 0) >= 0.95]
-        bad = [METRIC_LABELS[r["metric"]] for r in sc["io"]["rows"] if r not in ok]
-        out.append(f"- I/O at or better than bindfs: {len(ok)} of {len(sc['io']['rows'])} rows"
-                   + (f"; worse: {'; '.join(bad)}." if bad else "."))
+    for name, (lines, prefix) in TARGET_LINES.items():
+        if name in sc:
+            out += lines(sc[name])
+        else:
+            out += [line for line in carried.splitlines() if line.startswith(prefix)]
     return "\n".join(out)
 
 
@@ -279,32 +429,65 @@ def _machine_section(results: dict) -> str:
     ])
 
 
+HEADINGS = {"targets": "## Targets", "setup": "## 1. Setup", "actions": "## 2. Actions",
+            "io": "## 3. I/O", "scale": "## 4. Scale", "bazel": "## 5. Bazel",
+            "machine": "## Machine and run"}
+SEPARATE_RUN = re.compile(r"a separate run \(`--only ([\w,]+)`\)")
+
+
+def _generated_sections(text: str) -> dict[str, str]:
+    """The sections of an existing report's generated part, by scenario (or targets/machine)."""
+    found = {}
+    for chunk in re.split(r"\n\n(?=## )", text.strip()):
+        for key, heading in HEADINGS.items():
+            if chunk.startswith(heading):
+                found[key] = chunk.rstrip()
+    return found
+
+
+def _separate_run(results: dict, machine: str) -> str:
+    """The carried machine section, plus a line for this run (replacing one for the same
+    scenarios from an earlier partial run)."""
+    names = list(results["scenarios"])
+    lines = [line for line in machine.splitlines()
+             if not ((m := SEPARATE_RUN.search(line)) and set(m.group(1).split(",")) <= set(names))]
+    load = ", ".join(f"{x:.2f}" for x in results["machine"]["loadavg_at_start"])
+    lines.append(f"- {', '.join(names)}: from a separate run (`--only {','.join(names)}`), mode "
+                 f"`{results['mode']}`, {results['started']} – {results.get('finished', '?')}, "
+                 f"load average at start {load}; the other sections are from the run above")
+    return "\n".join(lines)
+
+
 def render(results: dict, docs: Path) -> Path:
     plots = docs / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     target = docs / "benchmarks.md"
-    kept = ""
+    kept, old = "", {}
     if target.exists():
         text = target.read_text()
-        if KEEP_MARKER in text:
-            kept = text.split(KEEP_MARKER, 1)[1]
+        generated, marker, kept = text.partition(KEEP_MARKER)
+        kept = kept if marker else ""
+        old = _generated_sections(generated)
     sc = results["scenarios"]
+    renderers = {"setup": lambda d: _setup_section(d, plots),
+                 "actions": lambda d: _actions_section(d, plots),
+                 "io": lambda d: _io_section(d, plots), "scale": _scale_section,
+                 "bazel": lambda d: _bazel_section(d, plots)}
+    carried = [name for name in renderers if name not in sc and name in old]
     sections = [
         "# sandboxfs benchmarks",
         "Generated by `make bench` (`python -m bench`); do not edit above the marker at the end. "
         "`make bench-quick` runs a smaller version. What each scenario does is described in "
         "`bench/scenarios/*.py`.",
-        _targets_section(results),
+        _targets_section(results, old.get("targets", "")),
     ]
-    if "setup" in sc:
-        sections.append(_setup_section(sc["setup"], plots))
-    if "actions" in sc:
-        sections.append(_actions_section(sc["actions"], plots))
-    if "io" in sc:
-        sections.append(_io_section(sc["io"], plots))
-    if "scale" in sc:
-        sections.append(_scale_section(sc["scale"]))
-    sections.append(_machine_section(results))
+    for name, section in renderers.items():
+        if name in sc:
+            sections.append(section(sc[name]))
+        elif name in carried:
+            sections.append(old[name])
+    sections.append(_separate_run(results, old["machine"]) if carried and "machine" in old
+                    else _machine_section(results))
     target.write_text("\n\n".join(sections) + "\n\n" + KEEP_MARKER + (kept or "\n"))
     return target
 

@@ -2,46 +2,53 @@
 
 The workspace (written by the test) holds genrules that read and transform
 their inputs, one that consumes another's output in the same package (its
-output directory then also holds an input), and genrules that compile, link
-and run a small C program with gcc.  It is built twice from clean: once in
-Bazel's own sandbox, once with ``--experimental_use_sandboxfs
---experimental_sandboxfs_path=<wrapper running our sandboxfs>``; the outputs
-must be identical byte for byte, and the requests Bazel sent must show that
-the actions really ran in sandboxfs sandboxes.
+output directory then also holds an input), genrules that compile, link and
+run a small C program with gcc, and one that writes down where it ran: the
+filesystem type of its working directory (``stat -f``), the directory, and
+its mount table.  It is built twice from clean in Bazel's ``linux-sandbox``:
+once in Bazel's own sandbox, once with ``--experimental_use_sandboxfs
+--experimental_sandboxfs_path=<wrapper running our sandboxfs>`` on a newly
+started server.  The outputs must be identical byte for byte, and the
+sandboxfs build must show that sandboxfs served the actions: the action ran
+in a FUSE filesystem, in the directory of a sandbox the server was asked to
+create, and the server created (and destroyed) one sandbox per action.  A
+genrule that reads an input it did not declare must fail through sandboxfs
+(and succeed unsandboxed, so the failure is the sandbox's doing).
 
-Two facts of Bazel 2.1 shape the setup (docs/compat.md):
+Two facts of Bazel 2.1 shape the setup (docs/compat.md): only
+``linux-sandbox`` sends sandboxfs work (``processwrapper-sandbox`` mounts it
+and leaves it empty), and ``linux-sandbox`` fails with EINVAL when the
+sandboxfs mount lies below the output base, so both builds pass
+``--sandbox_base`` with a directory outside it.
 
-* only ``linux-sandbox`` uses sandboxfs (``processwrapper-sandbox`` mounts it
-  but never creates a sandbox in it);
-* ``linux-sandbox`` bind-mounts the output base without MS_REC inside a new
-  user namespace, which the kernel refuses (EINVAL) when a mount -- the
-  sandboxfs mount point ``<output_base>/sandbox/sandboxfs`` -- lies below
-  it.  So ``<output_base>/sandbox`` is made a symlink to a directory outside
-  the output base and the workspace before the sandboxfs build.
-
-Bazel comes from the npm registry (``@bazel/bazel@2.1.0``, installed once into
+Bazel comes from ``bench/bazel_tool.py``, shared with the Bazel benchmark:
+installed once from the npm registry (``@bazel/bazel@2.1.0``) into
 ``~/.cache/sandboxfs-tests``; ``SANDBOXFS_TEST_BAZEL`` may name a binary
-instead).  The test is skipped only when npm is missing.
+instead.  The test is skipped only when npm is missing.
 """
 
 from __future__ import annotations
 
 import filecmp
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .harness import fusermount_lazy, is_mounted
+from bench.bazel_tool import (
+    BAZEL_VERSION,
+    Bazel,
+    BazelUnavailable,
+    ServerStreams,
+    bazel_binary,
+    clear_streams,
+    mounts_below,
+    stop_leftovers,
+    write_sandboxfs_wrapper,
+)
 
-BAZEL_VERSION = "2.1.0"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sandboxfs-tests"
-REPO = Path(__file__).resolve().parents[2]
-BUILD_TIMEOUT = 600
+from .harness import TRANSPORT
 
 BUILD_FILES = {
     "WORKSPACE": "",
@@ -87,135 +94,114 @@ int main(int argc, char **argv) {
     return 0;
 }
 """,
+    "where/BUILD": """\
+genrule(name = "where", srcs = ["input.txt"], outs = ["where.txt"],
+        cmd = "stat -f -c %T . > $@ && pwd >> $@ && cat /proc/self/mountinfo >> $@")
+""",
+    "where/input.txt": "an input, so the action has a sandbox with something in it\n",
+    # Reads a file of the workspace that it does not declare; built only by name.
+    "bad/BUILD": """\
+genrule(name = "undeclared", outs = ["leaked.txt"], tags = ["manual"],
+        cmd = "cat bad/secret.txt > $@")
+""",
+    "bad/secret.txt": "not an input\n",
 }
 OUTPUTS = ["text/upper.txt", "text/sorted.txt", "text/count.txt",
            "cc/lib.o", "cc/main.o", "cc/prog", "cc/run.txt"]
-ACTIONS = 7
+ACTIONS = 8  # the genrules of //... (all but //bad:undeclared)
 
 
-def bazel_binary() -> Path:
-    """The Bazel 2.1.0 binary: given, cached, or installed from the npm registry now."""
-    given = os.environ.get("SANDBOXFS_TEST_BAZEL")
-    if given:
-        return Path(given)
-    binary = CACHE / f"bazel-{BAZEL_VERSION}"
-    if binary.exists():
-        return binary
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed: it is needed to fetch @bazel/bazel from the npm registry")
-    prefix = CACHE / f"npm-bazel-{BAZEL_VERSION}"
-    result = subprocess.run(
-        [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
-         f"@bazel/bazel@{BAZEL_VERSION}"],
-        capture_output=True, text=True, timeout=BUILD_TIMEOUT, stdin=subprocess.DEVNULL,
-    )
-    found = list((prefix / "node_modules" / "@bazel").glob(f"bazel-linux_x64/bazel-{BAZEL_VERSION}-linux-*"))
-    assert result.returncode == 0 and found, f"npm install failed:\n{result.stdout}\n{result.stderr}"
-    partial = binary.with_suffix(".partial")
-    shutil.copyfile(found[0], partial)
-    partial.chmod(0o755)
-    partial.rename(binary)
-    return binary
+def bazel_or_skip() -> Path:
+    try:
+        return bazel_binary()
+    except BazelUnavailable as exc:
+        pytest.skip(str(exc))
 
 
-class Bazel:
-    def __init__(self, binary: Path, workspace: Path, output_user_root: Path) -> None:
-        self.binary = binary
-        self.workspace = workspace
-        self.startup = [f"--output_user_root={output_user_root}", "--bazelrc=/dev/null",
-                        "--max_idle_secs=120"]
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [str(self.binary), *self.startup, *args], cwd=self.workspace, capture_output=True,
-            text=True, timeout=BUILD_TIMEOUT, stdin=subprocess.DEVNULL,
-        )
-        if check:
-            assert result.returncode == 0, f"bazel {' '.join(args)} failed:\n{result.stderr[-5000:]}"
-        return result
-
-    def build(self, *flags: str) -> float:
-        self("clean")
-        started = time.monotonic()
-        self("build", "--verbose_failures", *flags, "//...")
-        return time.monotonic() - started
-
-    def collect(self, into: Path) -> Path:
-        bin_dir = Path(self("info", "bazel-bin").stdout.strip())
-        for output in OUTPUTS:
-            (into / output).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(bin_dir / output, into / output)
-        return into
+def collect(bazel: Bazel, into: Path) -> Path:
+    bin_dir = bazel.info("bazel-bin")
+    for output in OUTPUTS + ["where/where.txt"]:
+        (into / output).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bin_dir / output, into / output)
+    return into
 
 
-def write_wrapper(path: Path, requests_log: Path) -> Path:
-    """Bazel runs this as sandboxfs: our CLI in the venv, with a copy of its JSON input."""
-    path.write_text(f"""#!/bin/bash
-export PYTHONPATH={REPO}
-case "$1" in --version) exec {sys.executable} -m sandboxfs "$@";; esac
-exec {sys.executable} -m sandboxfs "$@" < <(tee -a {requests_log})
-""")
-    path.chmod(0o755)
-    return path
-
-
-def mounts_below(directory: Path) -> list[str]:
-    prefix = os.path.realpath(directory)
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
-
-
-def stop_leftovers(directory: Path) -> None:
-    """Unmount and end any sandboxfs left below ``directory`` (by PID; there should be none)."""
-    for point in mounts_below(directory):
-        fusermount_lazy(point)
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"sandboxfs" in b" ".join(cmdline) and any(
-                    arg.startswith(os.fsencode(directory)) for arg in cmdline):
-                os.kill(int(pid), 15)
+def where_it_ran(record: Path) -> tuple[str, Path, str, Path]:
+    """From //where's output: ``stat -f`` type, working directory, and the type and
+    mount point of the mount that holds the working directory."""
+    fs_name, cwd, *mountinfo = record.read_text().splitlines()
+    mounts = []
+    for line in mountinfo:
+        fields = line.split()
+        mounts.append((Path(fields[4].encode().decode("unicode_escape")),
+                       fields[fields.index("-") + 1]))
+    holding = [(point, kind) for point, kind in mounts if Path(cwd).is_relative_to(point)]
+    point, kind = max(holding, key=lambda m: len(m[0].parts))
+    return fs_name, Path(cwd), kind, point
 
 
 def test_bazel_builds_the_same_through_sandboxfs(workdir):
-    binary = bazel_binary()
+    binary = bazel_or_skip()
     workspace = workdir / "ws"
     for name, text in BUILD_FILES.items():
         (workspace / name).parent.mkdir(parents=True, exist_ok=True)
         (workspace / name).write_text(text)
+    sandbox_base = workdir / "sandbox-base"  # outside the output base (and the workspace)
+    sandbox_base.mkdir()
+    streams = workdir / "streams"
+    wrapper = write_sandboxfs_wrapper(workdir / "sandboxfs-wrapper", streams, TRANSPORT)
     bazel = Bazel(binary, workspace, workdir / "bazel-root")
-    requests_log = workdir / "requests.json"
-    wrapper = write_wrapper(workdir / "sandboxfs-wrapper", requests_log)
+    own_sandbox = ["--spawn_strategy=linux-sandbox", f"--sandbox_base={sandbox_base}"]
+    through_us = [*own_sandbox, "--experimental_use_sandboxfs",
+                  f"--experimental_sandboxfs_path={wrapper}"]
     try:
-        own = bazel.build("--spawn_strategy=linux-sandbox")
-        expected = bazel.collect(workdir / "expected")
-        wrapper_version = subprocess.run([str(wrapper), "--version"], capture_output=True, text=True)
-        assert wrapper_version.stdout.startswith("sandboxfs 0.3.")
+        started = time.monotonic()
+        bazel.clean()
+        bazel.build(*own_sandbox)
+        own_seconds = time.monotonic() - started
+        expected = collect(bazel, workdir / "expected")
+        fs_name, cwd, kind, _ = where_it_ran(expected / "where" / "where.txt")
+        assert not fs_name.startswith("fuse") and not kind.startswith("fuse"), (fs_name, kind)
+        assert cwd.is_relative_to(sandbox_base) and "linux-sandbox" in cwd.parts, cwd
+        assert ServerStreams.all(streams) == []
+        assert not sandbox_base.is_relative_to(bazel.output_base)
 
-        output_base = Path(bazel("info", "output_base").stdout.strip())
-        sandbox_base = workdir / "sandbox-base"  # outside the output base and the workspace
-        sandbox_base.mkdir()
-        shutil.rmtree(output_base / "sandbox", ignore_errors=True)
-        (output_base / "sandbox").symlink_to(sandbox_base)
-
-        through_us = bazel.build("--spawn_strategy=linux-sandbox", "--experimental_use_sandboxfs",
-                                 f"--experimental_sandboxfs_path={wrapper}")
-        actual = bazel.collect(workdir / "actual")
-        match, mismatch, errors = filecmp.cmpfiles(expected, actual, OUTPUTS, shallow=False)
+        # A new server: its first build must find the sandbox base as well (the
+        # symlink this replaces did not survive that).
+        bazel.shutdown()
+        started = time.monotonic()
+        bazel.clean()
+        bazel.build(*through_us)
+        sandboxfs_seconds = time.monotonic() - started
+        assert mounts_below(sandbox_base) == [], "sandboxfs still mounted after the build"
+        actual = collect(bazel, workdir / "actual")
+        _, mismatch, errors = filecmp.cmpfiles(expected, actual, OUTPUTS, shallow=False)
         assert (mismatch, errors) == ([], []), f"outputs differ: {mismatch} {errors}"
         assert (actual / "cc" / "run.txt").read_text().endswith("has 6 lines\n")
 
-        sent = requests_log.read_text()
-        assert sent.count('"CreateSandbox"') >= ACTIONS + 1, sent[:2000]  # "empty" + each action
-        assert '"DestroySandbox"' in sent
-        print(f"\nbazel {BAZEL_VERSION}: own sandbox {own:.1f}s, through sandboxfs {through_us:.1f}s")
+        [server] = ServerStreams.all(streams)
+        assert server.errors == [], server.errors
+        assert len(server.created) == ACTIONS + 1, server.created  # "empty", then one per action
+        assert set(server.destroyed) == set(server.created) - {"empty"}
+        assert len(server.answers) == len(server.requests), "a request went unanswered"
+        fs_name, cwd, kind, point = where_it_ran(actual / "where" / "where.txt")
+        assert fs_name.startswith("fuse") and kind.startswith("fuse"), (fs_name, kind)
+        assert point.is_relative_to(sandbox_base) and cwd.parent.name == "sandboxfs", (cwd, point)
+        assert cwd.name in server.created, (cwd, server.created)
+
+        clear_streams(streams)
+        leaked = bazel.build(*through_us, targets=["//bad:undeclared"], check=False)
+        assert leaked.returncode != 0 and "bad/secret.txt: No such file or directory" in leaked.stderr, \
+            leaked.stderr[-3000:]
+        [server] = ServerStreams.all(streams)
+        assert len(server.created) == 2 and server.errors == []  # "empty" and the action
+        bazel.build("--spawn_strategy=local", targets=["//bad:undeclared"])
+        assert (bazel.info("bazel-bin") / "bad" / "leaked.txt").read_text() == "not an input\n"
+        print(f"\nbazel {BAZEL_VERSION}, {TRANSPORT} transport: own sandbox {own_seconds:.1f}s, "
+              f"through sandboxfs {sandboxfs_seconds:.1f}s (clean + build)")
     finally:
-        bazel("shutdown", check=False)
+        bazel.shutdown()
         stop_leftovers(workdir)
+    assert bazel.server_pid() is None
     assert mounts_below(workdir) == []
-    assert not is_mounted(output_base / "sandbox" / "sandboxfs")
+    assert stop_leftovers(workdir) == []
