@@ -1,8 +1,8 @@
 """The architecture's rules, checked: what each package may import, and the op table.
 
 * The pure layers -- the tree, the control protocol and framing, the
-  filesystem operations -- import neither pyfuse3 nor trio (in a fresh
-  interpreter, so nothing imported earlier hides it).
+  filesystem operations, the sandbox backend's foundation -- import neither
+  pyfuse3 nor trio (in a fresh interpreter, so nothing imported earlier hides it).
 * Every op of ``control.requests.OPS`` has its handler in the Reconfigurer
   and its method in both Python clients; nothing has a handler without an op.
 """
@@ -28,6 +28,8 @@ PURE = [
     "sandboxfs.fs.interface", "sandboxfs.fs.operations", "sandboxfs.fs.inodes",
     "sandboxfs.fs.access", "sandboxfs.fs.host_io", "sandboxfs.fs.host_calls",
     "sandboxfs.fuse.kernel.wire", "sandboxfs.fuse.kernel.handlers",
+    "sandboxfs.backend.digests", "sandboxfs.backend.wire", "sandboxfs.backend.merkle",
+    "sandboxfs.backend.store", "sandboxfs.backend.proto.sandbox_pb2",
 ]
 
 
@@ -40,6 +42,8 @@ def test_pure_layers_import_neither_pyfuse3_nor_trio(module):
 
 
 def test_every_package_says_what_it_owns():
+    import sandboxfs.backend
+    import sandboxfs.backend.proto
     import sandboxfs.cli
     import sandboxfs.compat
     import sandboxfs.control
@@ -49,7 +53,8 @@ def test_every_package_says_what_it_owns():
     import sandboxfs.tree
 
     for package in (sandboxfs.tree, sandboxfs.fs, sandboxfs.fuse, sandboxfs.control,
-                    sandboxfs.compat, sandboxfs.run, sandboxfs.cli):
+                    sandboxfs.compat, sandboxfs.run, sandboxfs.cli,
+                    sandboxfs.backend, sandboxfs.backend.proto):
         assert package.__doc__ and len(package.__doc__.split()) > 10, package.__name__
 
 
