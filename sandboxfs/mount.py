@@ -239,18 +239,25 @@ async def _unmount_when_free(mount_point: str, timeout: float, signals) -> None:
                 "processes still using it get ENOTCONN", mount_point, timeout, failure)
 
 
+class ServiceDone(Exception):
+    """Raised by a service whose input ended and that ends the mount with it (``serve``)."""
+
+
 async def _serve(transport, services: Sequence[Service], early: _EarlySignals,
                  ending: _Ending, config: MountConfig) -> None:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(_watch_signals, nursery.cancel_scope, early, ending, config)
-        for service in services:
-            await nursery.start(service)
-        await transport.serve()
-        if ending.signum:
-            log.info("the kernel ended the session")
-        else:
-            log.info("the kernel ended the session (unmounted from outside)")
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_watch_signals, nursery.cancel_scope, early, ending, config)
+            for service in services:
+                await nursery.start(service)
+            await transport.serve()
+            if ending.signum:
+                log.info("the kernel ended the session")
+            else:
+                log.info("the kernel ended the session (unmounted from outside)")
+            nursery.cancel_scope.cancel()
+    except* ServiceDone:
+        log.info("a service ended the mount")
 
 
 def default_control_path(mount_point: str) -> str:

@@ -187,6 +187,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_RUN_FAILED
 
 
+def _add_serve_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve Bazel's sandbox-backend protocol on stdin/stdout (docs/backend.md)",
+        description="Mount once and create sandboxes from REAPI Merkle trees for Bazel's "
+                    "sandbox-backend protocol, spoken on stdin/stdout.",
+    )
+    p.add_argument("--workspace", required=True, help="the Bazel workspace being built")
+    p.add_argument("--state-dir", help="where the mount, the content store and scratch "
+                                       "directories live (default: ~/.cache/sandboxfs/serve/HASH)")
+    p.add_argument("--store-budget", metavar="SIZE",
+                   help="bytes of pushed content kept for reuse, e.g. 2G (default 8G)")
+    p.add_argument("--max-idle-slots", type=int, metavar="N",
+                   help="destroyed sandboxes kept for reuse by Merkle diff (default 32)")
+    p.add_argument("--ttl", type=_seconds_arg, default=60.0, metavar="SECONDS",
+                   help="how long the kernel may cache entries and attributes (default 60)")
+    p.add_argument("--transport", choices=TRANSPORTS, default=None,
+                   help="kernel (default) or pyfuse3")
+    p.add_argument("--log-level", default="warning",
+                   choices=("debug", "info", "warning", "error"))
+    p.set_defaults(handler=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from sandboxfs.backend.serve import run_serve  # protobuf only when serving
+
+    return run_serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sandboxfs",
@@ -197,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mount_parser(subparsers)
     commands.add_client_parsers(subparsers, _mapping_arg)
     _add_run_parser(subparsers)
+    _add_serve_parser(subparsers)
     return parser
 
 

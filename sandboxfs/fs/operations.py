@@ -32,6 +32,7 @@ from sandboxfs.fs.host_calls import on_host_object, set_attributes
 from sandboxfs.fs.inodes import Handle, InodeTable
 from sandboxfs.fs.interface import AddEntry, Context, Entry, Opened, SetAttr
 from sandboxfs.tree.host_entries import HostEntry, renameat2
+from sandboxfs.tree.content import ContentDir, VirtualSymlink
 from sandboxfs.tree.lookup import list_directory, lookup, stat_of
 from sandboxfs.tree.nodes import FoundNode, HostNode, Node
 from sandboxfs.tree.sandboxes import Tree
@@ -91,7 +92,7 @@ class Operations:
     def _stat(self, node: Node) -> os.stat_result | None:
         fd = self.inodes.open_fd(node)
         if fd >= 0:
-            return os.fstat(fd)  # right even after unlink or rename
+            return node.shown(os.fstat(fd))  # right even after unlink or rename
         return stat_of(node)
 
     # -- permission checks -------------------------------------------------------------
@@ -99,7 +100,7 @@ class Operations:
     def _writable_node(self, ino: int) -> HostNode:
         node = self.inodes[ino]
         if not node.writable:
-            raise _refuse()
+            raise _refuse(node.refusal)
         return node
 
     def _writable_dir_entry(self, parent_ino: int, name: bytes) -> tuple[HostNode, HostEntry]:
@@ -160,10 +161,13 @@ class Operations:
 
     def readlink(self, ino: int, ctx: Context | None = None) -> bytes:
         node = self.inodes[ino]
-        if not isinstance(node, HostNode):
+        virtual = type(node) is VirtualSymlink
+        if not virtual and not isinstance(node, HostNode):
             raise _refuse(errno.EINVAL)
         if self.access.logs:
             self.access.note(ino, READ)  # following a symlink reads it
+        if virtual:
+            return node.target
         with node.entry() as entry:
             return os.readlink(entry.name, dir_fd=entry.dir_fd)
 
@@ -248,7 +252,7 @@ class Operations:
         node = self.inodes[ino]
         writes = bool(flags & _WRITE_FLAGS)
         if not isinstance(node, HostNode) or (writes and not node.writable):
-            raise _refuse()
+            raise _refuse(node.refusal if writes else errno.EPERM)
         with node.entry() as entry:
             fd = entry.open(flags & ~_STRIP_FLAGS)
         if self.access.logs:
@@ -347,6 +351,12 @@ class Operations:
             keep = (cache and node.cached_as == cached_as
                     and time.time_ns() - st.st_mtime_ns > _RACY_NS)
             node.cached_as = cached_as
+        elif type(node) is ContentDir:
+            # An immutable listing: the kernel may keep its pages for as long as
+            # the node shows the same listing (a reused slot swaps it).
+            cache = not self.access.logs
+            keep = cache and node.cached_as is node.listing
+            node.cached_as = node.listing
         if self.access.logs:
             self.access.note(ino, LIST)
         return Opened(self.inodes.open(Handle(node, fd)), keep_cache=keep, cache_dir=cache)

@@ -14,6 +14,7 @@ import errno
 import os
 from typing import Sequence
 
+from sandboxfs.tree.content import ContentDir
 from sandboxfs.tree.nodes import HostNode, Node, ScaffoldDir
 
 
@@ -36,6 +37,11 @@ def lookup(parent: Node, name: bytes) -> tuple[Node, os.stat_result | None] | No
         if child is None:
             return None
         return child, stat_of(child)
+    if type(parent) is ContentDir:
+        child = parent.child(name)
+        if child is None:
+            return None
+        return child, stat_of(child)
     assert isinstance(parent, HostNode)
     child = child_of(parent.overlays, name)
     if child is not None:
@@ -52,10 +58,10 @@ def lookup(parent: Node, name: bytes) -> tuple[Node, os.stat_result | None] | No
 
 
 def stat_of(node: Node) -> os.stat_result | None:
-    """lstat of a node's host object, or None for a scaffold directory."""
+    """lstat of a node's host object, a virtual node's own attributes, or None for a scaffold."""
     if isinstance(node, HostNode):
         return node.lstat()
-    return None
+    return node.synthetic_stat()
 
 
 def list_directory(node: Node, dir_fd: int = -1) -> list[tuple[bytes, Node | None]]:
@@ -66,6 +72,11 @@ def list_directory(node: Node, dir_fd: int = -1) -> list[tuple[bytes, Node | Non
     the host lists them: from ``dir_fd`` when given (an open directory handle
     lists the directory it opened, even after a rename), else from the path.
     """
+    if type(node) is ContentDir:
+        # Made into nodes now (the listing needs their attributes anyway); a leaf
+        # the source cannot show is left out, as a lookup of it finds nothing.
+        children = [(name, node.child(name)) for name in node.names()]
+        return [(name, child) for name, child in children if child is not None]
     container = node.contents() or {}
     entries: list[tuple[bytes, Node | None]] = [
         (name, child_of(container, name)) for name in list(container)

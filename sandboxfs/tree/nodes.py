@@ -35,6 +35,7 @@ nothing below a mapping is reached through a symlink.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from sandboxfs.tree.dir_fds import DIR_FDS
@@ -53,6 +54,7 @@ class Node:
 
     writable = False
     explicit = False  # declared by a mapping (or standing for one)
+    refusal = errno.EPERM  # the errno of a change refused because the node is read-only
 
     def __init__(self) -> None:
         self.ino = 0
@@ -68,6 +70,10 @@ class Node:
 
     def contents(self) -> dict | None:
         """The container of explicit children (scaffold children, overlays), or None."""
+        return None
+
+    def synthetic_stat(self) -> os.stat_result | None:
+        """The attributes of a node with no host object (None: a scaffold's, made by the caller)."""
         return None
 
 
@@ -135,6 +141,10 @@ class HostNode(Node):
 
     def contents(self) -> dict | None:
         return self.overlays
+
+    def shown(self, st: os.stat_result) -> os.stat_result:
+        """The attributes the mount shows for host attributes ``st`` (``tree.content`` changes the mode)."""
+        return st
 
     def host_path(self) -> bytes:  # pragma: no cover - both kinds override it
         raise NotImplementedError
