@@ -60,6 +60,7 @@ class MountConfig:
     group_memory: int = DEFAULT_BUDGET_BYTES  # groups kept by digest (tree.groups)
     transport: str = "kernel"  # kernel | pyfuse3 (TRANSPORTS)
     passthrough: bool = True   # kernel transport: FUSE passthrough where the kernel allows it
+    spin_us: float | None = None  # kernel transport: polling before sleeping (None: its default)
     # After a shutdown signal: 0 detaches the mount lazily at once; more tries a
     # plain unmount every UNMOUNT_RETRY_INTERVAL for this many seconds while the
     # mount is busy, serving meanwhile, then detaches it (the 0.2 front end).
@@ -94,7 +95,7 @@ def make_transport(config: MountConfig, ops: Operations):
         return Pyfuse3Transport(ops)
     from sandboxfs.fuse.kernel.transport import KernelTransport
 
-    return KernelTransport(ops, passthrough=config.passthrough)
+    return KernelTransport(ops, passthrough=config.passthrough, spin_us=config.spin_us)
 
 
 # A service runs beside the FUSE loop until cancelled; started with nursery.start.

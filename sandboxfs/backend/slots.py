@@ -34,6 +34,7 @@ import os
 import shutil
 import stat
 import time
+import weakref
 import attrs
 
 from sandboxfs.backend.merkle import DirectoryStore, FileLeaf, MerkleDir, SymlinkLeaf, file_digests
@@ -53,11 +54,16 @@ _DIGEST_CACHE = 64  # roots whose file digests are remembered
 class LeafSource:
     """Where a slot's leaves come from: the content store, else its exec root."""
 
-    __slots__ = ("store", "exec_root", "missing", "_stored_prefix")
+    __slots__ = ("store", "exec_root", "missing", "files", "_stored_prefix")
 
-    def __init__(self, store: ContentStore, exec_root: bytes) -> None:
+    def __init__(self, store: ContentStore, exec_root: bytes,
+                 files: weakref.WeakValueDictionary | None = None) -> None:
         self.store = store
         self.exec_root = exec_root
+        # (host path, digest, executable) -> its node, shared by every slot: one kernel
+        # inode per input file, so its attributes, pages and passthrough backing stay
+        # warm from one sandbox to the next (hard links, as the kernel sees them).
+        self.files = files if files is not None else weakref.WeakValueDictionary()
         self._stored_prefix = os.fsencode(str(store.state_dir)) + b"/"
         self.missing = 0  # staged leaves that were not there when looked up
 
@@ -69,16 +75,21 @@ class LeafSource:
             return VirtualSymlink(leaf.target)
         held = self.store.path(leaf.digest)
         if held is not None:
-            return ContentFile(os.fsencode(held), leaf.is_executable)
-        host = self.exec_root + b"/" + directory.child_path(name)
-        try:
-            st = os.lstat(host)
-        except OSError:
-            self.missing += 1
-            return None  # not staged: absent, as an undeclared name is
-        if stat.S_ISLNK(st.st_mode):  # staged as a symlink: show the file it names
-            host = os.fsencode(os.path.realpath(host))
-        return ContentFile(host, leaf.is_executable)
+            host = os.fsencode(held)
+        else:
+            host = self.exec_root + b"/" + directory.child_path(name)
+            try:
+                st = os.lstat(host)
+            except OSError:
+                self.missing += 1
+                return None  # not staged: absent, as an undeclared name is
+            if stat.S_ISLNK(st.st_mode):  # staged as a symlink: show the file it names
+                host = os.fsencode(os.path.realpath(host))
+        key = (host, leaf.digest, leaf.is_executable)
+        node = self.files.get(key)
+        if node is None:
+            node = self.files[key] = ContentFile(host, leaf.is_executable)
+        return node
 
     def still_valid(self, node: Node, leaf) -> bool:
         """Whether a node made for ``leaf`` may stand for it again (its stored file still held)."""
@@ -166,6 +177,7 @@ class Slots:
         self.live: dict[str, Slot] = {}
         self.idle: collections.OrderedDict[bytes, Slot] = collections.OrderedDict()
         self._names = 0
+        self._files: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._digests: collections.OrderedDict[str, set[str]] = collections.OrderedDict()
         self.counts = collections.Counter()
 
@@ -249,7 +261,7 @@ class Slots:
                 return slot, changed
         self._names += 1
         name = b"%d" % self._names
-        source = LeafSource(self.store, exec_root)
+        source = LeafSource(self.store, exec_root, self._files)
         slot = Slot(name, ContentDir(root, b"", source), source, scratch=self._new_scratch(name))
         changed = self.tree.attach_sandbox(Sandbox(name, slot.node, 1))
         self.counts["new"] += 1

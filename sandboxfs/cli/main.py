@@ -86,6 +86,9 @@ def _add_mount_parser(subparsers) -> None:
                    "pyfuse3: through libfuse (default: %(default)s, or $SANDBOXFS_TRANSPORT)")
     p.add_argument("--no-passthrough", action="store_true",
                    help="kernel transport: serve reads ourselves instead of FUSE passthrough")
+    p.add_argument("--spin-us", type=float, default=None, metavar="MICROSECONDS",
+                   help="kernel transport: after answering, poll for the next request this "
+                   "long before sleeping (default: 50, or $SANDBOXFS_SPIN_US; 0: never)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="default: info")
     p.add_argument("mount_point", metavar="MOUNT_POINT")
@@ -119,6 +122,7 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         group_memory=args.group_memory_mb << 20,
         transport=args.transport,
         passthrough=not args.no_passthrough,
+        spin_us=args.spin_us,
     )
     run(config)
     return EXIT_OK  # a signal or an external unmount is the normal end of `mount`

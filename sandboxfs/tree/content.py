@@ -116,7 +116,7 @@ def _with_mode(st: os.stat_result, mode: int) -> os.stat_result:
 class ContentFile(MappedNode):
     """A read-only host file shown as a regular file with the tree's executable bit."""
 
-    __slots__ = ("mode",)
+    __slots__ = ("mode", "__weakref__")  # weakly shared between sandboxes (backend.slots)
 
     refusal = errno.EROFS
 

@@ -249,3 +249,20 @@ def test_content_refused_at_push_makes_the_create_an_error(world):
         world.store.put_inline(tree.files["f"].hash, b"wrong")
     with pytest.raises(InvalidRequestError, match="refused when pushed: .*hash to"):
         world.create("s", tree)
+
+
+def test_one_input_file_is_one_inode_in_every_sandbox_while_its_digest_is_the_same(world):
+    world.stage("tc/cc1", b"compiler")
+    world.stage("src/a.c", b"a")
+    tree = InputTree({"tc/cc1": (b"compiler", True), "src/a.c": b"a"})
+    world.push(tree)
+    world.create("x", tree)
+    world.create("y", tree)  # a second slot: the first is live
+    assert world.ino("1", "tc", "cc1") == world.ino("2", "tc", "cc1")
+    assert world.ino("1", "tc") != world.ino("2", "tc")  # directories never alias
+    world.stage("src/a.c", b"b")
+    changed = InputTree({"tc/cc1": (b"compiler", True), "src/a.c": b"b"})
+    world.push(changed)
+    world.create("z", changed)
+    assert world.ino("3", "tc", "cc1") == world.ino("1", "tc", "cc1")
+    assert world.ino("3", "src", "a.c") != world.ino("1", "src", "a.c")
