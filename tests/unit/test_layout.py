@@ -30,7 +30,7 @@ PURE = [
     "sandboxfs.fuse.kernel.wire", "sandboxfs.fuse.kernel.handlers",
     "sandboxfs.backend.digests", "sandboxfs.backend.wire", "sandboxfs.backend.merkle",
     "sandboxfs.backend.store", "sandboxfs.backend.proto.sandbox_pb2",
-    "sandboxfs.backend.slots", "sandboxfs.tree.content",
+    "sandboxfs.backend.slots", "sandboxfs.backend.writable", "sandboxfs.tree.content",
 ]
 
 
