@@ -23,6 +23,15 @@ def is_hash(text: object) -> bool:
     return isinstance(text, str) and _HASH.fullmatch(text) is not None
 
 
+_HASH_LIST = re.compile(r"[0-9a-f]{64}(?:,[0-9a-f]{64})*")
+
+
+def all_hashes(texts: list[str]) -> bool:
+    """True if every one of ``texts`` is a digest hash: one regex over them all (a Directory
+    of 16,000 files is checked without a Python step per digest)."""
+    return not texts or _HASH_LIST.fullmatch(",".join(texts)) is not None
+
+
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     """The digest hash of ``data``."""
     return hashlib.sha256(data).hexdigest()

@@ -31,6 +31,7 @@ import weakref
 
 import attrs
 
+from sandboxfs.backend.digests import require_sha256
 from sandboxfs.backend.merkle import DirectoryStore, FileLeaf, MerkleDir, SymlinkLeaf, file_digests
 from sandboxfs.backend.store import ContentStore
 from sandboxfs.backend.writable import Changed, join, mkdirs, move_output, parse_outputs, place_writable
@@ -137,9 +138,10 @@ class Slots:
             raise InvalidRequestError("Create: the request has no sandbox_id")
         if sandbox_id in self.live:
             raise InvalidRequestError(f"{label}: a sandbox with this id exists")
-        if manifest.hash_function not in ("", "SHA-256", "sha256", "SHA256"):
-            raise InvalidRequestError(f"{label}: hash function {manifest.hash_function!r} is "
-                                      "not supported (only SHA-256)")
+        try:
+            require_sha256(manifest.hash_function)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(f"{label}: {exc.message}") from None
         if not manifest.HasField("input_root_digest"):
             raise InvalidRequestError(f"{label}: the manifest has no input_root_digest")
         exec_root = manifest.exec_root
@@ -154,17 +156,14 @@ class Slots:
         if resolution.root is None:
             return "missing", list(resolution.missing), []
         root = resolution.root
-        needed = self._file_digests(root)
         store = self.store
-        held = [d for d in needed if d in store]
-        lost = sorted(d for d in needed if store.was_evicted(d) and d not in store)
-        for d in needed:
-            refused = store.rejection(d)
-            if refused and d not in store:
+        held, evicted, refused = store.classify(self._file_digests(root))
+        for d in sorted(refused):
+            if d not in held:
                 raise InvalidRequestError(f"{label}: the tree needs content {d}, refused when "
-                                          f"pushed: {refused}", details={"digest": d})
-        if lost:
-            return "missing", lost, []
+                                          f"pushed: {refused[d]}", details={"digest": d})
+        if evicted:
+            return "missing", sorted(evicted), []
         lost = store.pin(sandbox_id, held)
         if lost:  # dropped between the two looks
             return "missing", lost, []

@@ -153,6 +153,19 @@ class ContentStore:
         """Why content pushed for ``digest`` was refused, if it was (and not put since)."""
         return self._rejected.get(digest)
 
+    def classify(self, digests: set[str]) -> tuple[set[str], set[str], dict[str, str]]:
+        """Of ``digests``: those held, those evicted since, and those refused (with why).
+
+        Set operations in C: a 16,000-file tree is classified without a Python step per
+        digest, which is what a Create of a known tree may spend.
+        """
+        with self._lock:
+            held = digests & self._entries.keys()
+            evicted = (digests & self._evicted) - held if self._evicted else set()
+            refused = ({d: self._rejected[d] for d in digests & self._rejected.keys()}
+                       if self._rejected else {})
+        return held, evicted, refused
+
     def stats(self) -> dict[str, int]:
         """Bytes and files held, pins, and counts of evictions, reflinks, copies and refusals."""
         with self._lock:
