@@ -253,3 +253,35 @@ def test_pipelined_requests_are_answered_by_rid_even_out_of_order(served):
     assert served.close() == 0
     with pytest.raises(BackendError, match="exited with status 0"):
         served.client.create("later", manifest(trees[0], str(served.exec_root), {}))
+
+
+def test_a_killed_server_leaves_a_state_directory_the_next_one_takes_over(workdir):
+    first = Served(workdir)
+    try:
+        first.client.negotiate()
+        path = first.create("s", InputTree({"f": b"f"}), {"/o/x": "file"})
+        Path(path, "o/x").write_text("half-written output")
+        os.kill(first.client.pid, 9)
+        assert first.close() == -9
+        assert is_mounted(first.mount_point)  # dead: ENOTCONN until someone clears it
+        second = BackendClient(first.workspace, first.state, stderr=workdir / "second.log")
+        try:
+            assert second.negotiate().WhichOneof("outcome") == "ok"
+            tree = InputTree({"f": b"g"})
+            second.send_push(tree.push_all())
+            result = second.create("s", manifest(tree, str(first.exec_root), {}))
+            assert Path(result.ok.path, "f").read_bytes() == b"g"
+            assert not (first.state / "scratch" / "1" / "o" / "x").exists()  # emptied
+            with pytest.raises(BackendError):  # two servers never share a state directory
+                third = BackendClient(first.workspace, first.state, stderr=workdir / "third.log")
+                try:
+                    third.negotiate()
+                finally:
+                    assert third.close() != 0
+                    assert "another sandboxfs serve is using it" in (workdir / "third.log").read_text()
+        finally:
+            assert second.close() == 0
+        assert not is_mounted(first.mount_point)
+    finally:
+        if is_mounted(first.mount_point):
+            subprocess.run(["fusermount3", "-u", "-z", str(first.mount_point)], check=False)
