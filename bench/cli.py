@@ -29,13 +29,14 @@ import attrs
 
 from bench import mounts, report, tree
 from bench.measure import Progress
-from bench.scenarios import actions, bazel, io, scale, setup
+from bench.scenarios import actions, backend, bazel, io, scale, setup
 from bench.strategies import (FOREST_STRATEGIES, InPlace, Sandboxfs, SandboxfsPrepared, SandboxfsReuse,
                               Strategy)
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = {"setup": setup, "actions": actions, "io": io, "scale": scale, "bazel": bazel}
+SCENARIOS = {"setup": setup, "actions": actions, "io": io, "scale": scale, "bazel": bazel,
+             "backend": backend}
 EXIT_SKIPPED = 3
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,6 +63,10 @@ class Config:
     bazel_includes: int      # headers each compile includes
     bazel_shell: int         # small shell genrules
     bazel_rounds: tuple[int, int]  # warm-up rounds, measured rounds (4 clean builds each)
+    backend_files: int       # files of the tree sandboxfs serve creates and destroys
+    backend_known: int       # Creates of that tree, once known, per round
+    backend_sources: int     # distinct gcc sources of the backend's action part
+    backend_headers: int     # headers each of them declares and includes
 
     @property
     def toolchain_size(self) -> int:
@@ -70,12 +75,12 @@ class Config:
 
 MODES = {
     "tiny": Config("tiny", 1, 2, [20, 100], 4, 200, 10, 10, (2, 10), 4, 50, 200, [1000], 100, 20,
-                   3, 12, 6, 2, (0, 1)),
+                   3, 12, 6, 2, (0, 1), 200, 3, 3, 20),
     "quick": Config("quick", 1, 3, [100, 1000, 10_000], 6, 2000, 100, 50, (10, 50), 64, 500, 2000,
-                    [10_000, 100_000], 1000, 50, 40, 300, 100, 15, (1, 3)),
+                    [10_000, 100_000], 1000, 50, 40, 300, 100, 15, (1, 3), 2000, 5, 10, 100),
     "full": Config("full", 1, 5, [100, 1000, 10_000, 100_000], 12, 10_000, 300, 200, (40, 100),
                    256, 2000, 10_000, [10_000, 100_000, 1_000_000], 1000, 200, 150, 300, 100, 50,
-                   (1, 7)),
+                   (1, 7), 16_000, 10, 20, 300),
 }
 
 

@@ -7,6 +7,7 @@ replaces only their sections and target lines: the other scenarios' sections
 and the machine section are carried over word for word (the latter gains a line
 naming the separate run), so their numbers stay those of the run that made them.
 ``python -m bench.report RESULTS.json [DOCS_DIR]`` re-renders a saved run.
+The backend scenario's section is rendered by ``bench.report_backend``.
 """
 
 from __future__ import annotations
@@ -397,10 +398,21 @@ def _bazel_targets(data: dict) -> list[str]:
             f"linux-sandbox (target ≤ 0.6x: {'met' if linux <= 0.6 else 'not met'})."]
 
 
+def _backend_section(data: dict, plots: Path) -> str:
+    from bench import report_backend  # it imports this module's helpers
+    return report_backend.section(data, plots)
+
+
+def _backend_targets(data: dict) -> list[str]:
+    from bench import report_backend
+    return report_backend.targets(data)
+
+
 # Each scenario's lines in the Targets section, and how its lines begin (to carry them over).
 TARGET_LINES = {"setup": (_setup_targets, "- Setup + teardown"),
                 "actions": (_actions_targets, "- Action overhead"),
-                "io": (_io_targets, "- I/O at or better"), "bazel": (_bazel_targets, "- Bazel")}
+                "io": (_io_targets, "- I/O at or better"), "bazel": (_bazel_targets, "- Bazel"),
+                "backend": (_backend_targets, "- Backend")}
 
 
 def _targets_section(results: dict, carried: str = "") -> str:
@@ -431,7 +443,7 @@ def _machine_section(results: dict) -> str:
 
 HEADINGS = {"targets": "## Targets", "setup": "## 1. Setup", "actions": "## 2. Actions",
             "io": "## 3. I/O", "scale": "## 4. Scale", "bazel": "## 5. Bazel",
-            "machine": "## Machine and run"}
+            "backend": "## 6. Sandbox backend", "machine": "## Machine and run"}
 SEPARATE_RUN = re.compile(r"a separate run \(`--only ([\w,]+)`\)")
 
 
@@ -472,7 +484,8 @@ def render(results: dict, docs: Path) -> Path:
     renderers = {"setup": lambda d: _setup_section(d, plots),
                  "actions": lambda d: _actions_section(d, plots),
                  "io": lambda d: _io_section(d, plots), "scale": _scale_section,
-                 "bazel": lambda d: _bazel_section(d, plots)}
+                 "bazel": lambda d: _bazel_section(d, plots),
+                 "backend": lambda d: _backend_section(d, plots)}
     carried = [name for name in renderers if name not in sc and name in old]
     sections = [
         "# sandboxfs benchmarks",

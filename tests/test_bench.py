@@ -102,7 +102,7 @@ def test_tiny_run_produces_every_scenario_and_report(tmp_path):
     results = json.loads(result_file.read_text())
     assert results["machine"]["cpus"]
     sc = results["scenarios"]
-    assert set(sc) == {"setup", "actions", "io", "scale", "bazel"}
+    assert set(sc) == {"setup", "actions", "io", "scale", "bazel", "backend"}
     assert {r["strategy"] for r in sc["setup"]["rows"]} == {
         "symlink_py", "symlink_cp", "hardlink", "copy", "sandboxfs", "sandboxfs_prepared"}
     assert all(r["seconds"]["n"] == 2 for r in sc["setup"]["rows"])
@@ -115,11 +115,19 @@ def test_tiny_run_produces_every_scenario_and_report(tmp_path):
         assert set(row["layers"]) == {"native", "sandboxfs", "sandboxfs_pyfuse3", "bindfs"}
         assert all(v["n"] == 2 for v in row["layers"].values())
     assert sc["scale"]["memory"] and sc["scale"]["cycles"]["loaded"]["per_second"] > 0
+    backend = sc["backend"]
+    assert backend["tree"]["serve"]["first_push_create_ms"]["n"] == 2
+    assert backend["tree"]["serve"]["known_create_ms"]["n"] == 2 * backend["tree"]["known_per_round"]
+    assert set(backend["tree"]["forests"]) == {"symlink_py", "symlink_cp", "hardlink", "sandboxfs"}
+    assert [r["strategy"] for r in backend["actions"]["rows"]] == [
+        "native", "hardlink", "sandboxfs", "serve"]
+    assert backend["actions"]["outputs_identical"], backend["actions"]["mismatches"]
+    assert backend["actions"]["serve_slots_used"] == 1
     text = (tmp_path / "docs" / "benchmarks.md").read_text()
     for heading in ("## Targets", "## 1. Setup", "## 2. Actions", "## 3. I/O", "## 4. Scale",
-                    "## 5. Bazel"):
+                    "## 5. Bazel", "## 6. Sandbox backend", "- Backend (`sandboxfs serve`)"):
         assert heading in text
-    plots = ["setup.png", "actions.png", "io.png"]
+    plots = ["setup.png", "actions.png", "io.png", "backend.png"]
     bazel = sc["bazel"]
     if with_bazel:
         assert "skipped" not in bazel, bazel
