@@ -88,7 +88,8 @@ def _add_mount_parser(subparsers) -> None:
                    help="kernel transport: serve reads ourselves instead of FUSE passthrough")
     p.add_argument("--spin-us", type=float, default=None, metavar="MICROSECONDS",
                    help="kernel transport: after answering, poll for the next request this "
-                   "long before sleeping (default: 50, or $SANDBOXFS_SPIN_US; 0: never)")
+                   "long before sleeping (default: 0 = never, or $SANDBOXFS_SPIN_US; 50 is a good "
+                   "value on a quiet machine: docs/design.md)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="default: info")
     p.add_argument("mount_point", metavar="MOUNT_POINT")

@@ -163,3 +163,21 @@ def test_a_mount_made_where_ours_was_is_left_alone(sandboxfs_mount, workdir):
         if other:
             subprocess.run(["umount", str(point)], check=True)
     assert not is_mounted(point)
+
+
+@pytest.mark.parametrize("spin_us, polls", [("50", True), ("0", False)])
+def test_polling_before_sleeping_serves_the_same_answers(sandboxfs_mount, workdir, spin_us, polls):
+    host = workdir / "host"
+    host.mkdir()
+    for i in range(200):
+        (host / f"f{i}").write_bytes(b"x" * i)
+    mount = sandboxfs_mount(["--transport", "kernel", "--ttl", "0", "--spin-us", spin_us,
+                             "--mapping", f"ro:/d:{host}"])
+    for _ in range(10):  # --ttl 0: every stat reaches the server
+        assert [os.stat(mount.mount_point / "d" / f"f{i}").st_size for i in range(200)] \
+            == list(range(200))
+    counts = _stats(mount.mount_point)["fuse_ops"]
+    if polls:  # back-to-back stats: some polls found the next request waiting
+        assert counts["spin_hits"] > 0
+    else:
+        assert counts["spin_hits"] == counts["spin_misses"] == 0

@@ -46,8 +46,9 @@ CHECKPOINT_EVERY = 32
 # After answering, poll the device this long before sleeping in epoll: a client
 # that issues its next request at once (stat after stat, a compiler's lookups)
 # finds the server awake, instead of paying a wake-up of both sides per request.
-# $SANDBOXFS_SPIN_US overrides it (0: never); see docs/design.md for the figures.
-DEFAULT_SPIN_US = 50
+# Off by default: it won 0.6x on a quiet host and lost 1.2-1.4x on a contended one
+# (docs/design.md).  --spin-us or $SANDBOXFS_SPIN_US turns it on.
+DEFAULT_SPIN_US = 0
 SPIN_MISSES = 4  # polls in a row that found nothing: the client has gone quiet ...
 SPIN_REST = 64  # ... so sleep at once for this many waits before polling again
 MAX_KEPT_BACKING = 10_000  # idle passthrough backing ids kept for reopens (each pins a host file)
