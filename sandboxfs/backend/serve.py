@@ -6,8 +6,8 @@ workspace and on the filesystem where Bazel keeps its output base, so that
 Collect renames instead of copying):
 
 * ``mnt/``: the mount; sandbox ``N`` is ``mnt/N``;
-* ``store/``: the content store (``backend.store``), emptied at start-up;
-* ``scratch/``: per-sandbox writable directories, emptied at start-up;
+* ``store/``: the content store (``backend.store``), emptied at start-up, removed at exit;
+* ``scratch/``: per-sandbox writable directories, emptied at start-up, removed at exit;
 * ``lock``: held while serving, so two servers never share a state directory.
 
 The protocol runs on stdin/stdout; logs go to stderr.  Exit status: 0 at
@@ -100,7 +100,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
         log.info("serving workspace %s; state in %s", workspace, state_dir)
         signum = mount.run(config, services_for=services_for)
+        # Nothing of either is valid for the next server (it starts empty, as Bazel's
+        # record of what it pushed does): give the disk back now.
         shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(store.state_dir, ignore_errors=True)
     if signum:
         return 1
     return services[0].status if services else 0

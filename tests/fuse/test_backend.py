@@ -285,3 +285,12 @@ def test_a_killed_server_leaves_a_state_directory_the_next_one_takes_over(workdi
     finally:
         if is_mounted(first.mount_point):
             subprocess.run(["fusermount3", "-u", "-z", str(first.mount_point)], check=False)
+
+
+def test_the_end_of_input_gives_the_store_and_scratch_disk_back(served):
+    path = served.create("s", InputTree({"f": b"pushed content"}), {"/o/x": "file"})
+    Path(path, "o/x").write_text("output")
+    assert any(p.is_file() for p in (served.state / "store" / "cas").rglob("*"))
+    assert served.close() == 0
+    assert not (served.state / "store").exists() and not (served.state / "scratch").exists()
+    assert not is_mounted(served.mount_point)
