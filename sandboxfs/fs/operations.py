@@ -45,11 +45,6 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 # computes append offsets itself (a host O_APPEND would ignore them).
 _STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND
 _RACY_NS = 3_000_000_000
-# Smaller read-only files are served by us with their pages kept (FOPEN_KEEP_CACHE)
-# rather than through passthrough: a passthrough read makes the kernel forget the
-# file's atime, so every later open+fstat costs a GETATTR round trip, while a kept
-# small file costs none (gcc with 300 headers, repeated: 98 -> 70 ms; docs/design.md).
-PASSTHROUGH_MIN_BYTES = 1 << 20
 
 
 def _refuse(number: int = errno.EPERM) -> OSError:
@@ -276,11 +271,12 @@ class Operations:
         cached_as = (st.st_dev, st.st_ino, st.st_ctime_ns)
         keep = not writes and node.cached_as == cached_as
         node.cached_as = cached_as
-        # Passthrough (the kernel reads the host file itself) only for big files of
-        # read-only mappings, where every open reads, and never while a sandbox is
-        # tracked: its reads would not reach the access tracker.
+        # Passthrough (the kernel reads the host file itself) only for read-only
+        # mappings, where every open reads, and never while a sandbox is tracked: its
+        # reads would not reach the access tracker.  Nodes shared between sandboxes
+        # (``passthrough_min``) keep small files' pages instead (docs/design.md).
         backing = (fd if not node.writable and not self.access.logs
-                   and st.st_size >= PASSTHROUGH_MIN_BYTES else -1)
+                   and st.st_size >= node.passthrough_min else -1)
         return Opened(fh, keep_cache=keep, backing_fd=backing)
 
     def create(self, parent: int, name: bytes, mode: int, flags: int,

@@ -119,6 +119,10 @@ class ContentFile(MappedNode):
     __slots__ = ("mode", "__weakref__")  # weakly shared between sandboxes (backend.slots)
 
     refusal = errno.EROFS
+    # One node serves every sandbox, so a small file read once stays in the page cache
+    # for all of them; through passthrough each open+fstat would cost a GETATTR instead
+    # (a passthrough read makes the kernel drop the atime).  Big files still pass through.
+    passthrough_min = 1 << 20
 
     def __init__(self, host_path: bytes, executable: bool) -> None:
         directory, _, name = host_path.rpartition(b"/")

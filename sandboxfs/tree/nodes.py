@@ -132,6 +132,8 @@ class HostNode(Node):
 
     __slots__ = ("writable", "overlays", "known", "cached_as")
 
+    passthrough_min = 0  # smallest read-only file opened through FUSE passthrough
+
     def __init__(self, writable: bool) -> None:
         super().__init__()
         self.writable = writable

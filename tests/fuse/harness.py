@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Sequence
 
 from sandboxfs.errors import ChildMountError
-from sandboxfs.fs.operations import PASSTHROUGH_MIN_BYTES
 from sandboxfs.mount import default_transport
 from sandboxfs.fuse.child_mount import (
     START_TIMEOUT, STOP_TIMEOUT, ChildMount, is_mounted, lazy_unmount, mount_ids, sandboxfs_command,
 )
 
-__all__ = ["PASSTHROUGH", "passes_through", "check_read_after_the_server_ended", "START_TIMEOUT", "STOP_TIMEOUT", "TRANSPORT", "Mount", "MountFailed",
+__all__ = ["PASSTHROUGH", "check_read_after_the_server_ended", "START_TIMEOUT", "STOP_TIMEOUT", "TRANSPORT", "Mount", "MountFailed",
            "fusermount_lazy",
            "is_mounted", "mount_ids", "stop_all", "world_traversable_tempdir"]
 
@@ -38,18 +37,13 @@ TRANSPORT = default_transport()
 PASSTHROUGH = TRANSPORT == "kernel" and os.geteuid() == 0
 
 
-def passes_through(size: int) -> bool:
-    """Whether reads of a read-only file of ``size`` bytes go through FUSE passthrough."""
-    return PASSTHROUGH and size >= PASSTHROUGH_MIN_BYTES
-
-
 def check_read_after_the_server_ended(fd: int, host_file: Path) -> None:
     """What an fd opened read-only before the server ended gives now.
 
     Through passthrough the kernel holds the host file itself, so it goes on
     reading the real file (never wrong data); otherwise the read fails ENOTCONN.
     """
-    if passes_through(host_file.stat().st_size):
+    if PASSTHROUGH:
         assert os.pread(fd, 10, 0) == host_file.read_bytes()[:10]
         return
     try:

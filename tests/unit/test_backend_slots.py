@@ -266,3 +266,20 @@ def test_one_input_file_is_one_inode_in_every_sandbox_while_its_digest_is_the_sa
     world.create("z", changed)
     assert world.ino("3", "tc", "cc1") == world.ino("1", "tc", "cc1")
     assert world.ino("3", "src", "a.c") != world.ino("1", "src", "a.c")
+
+
+def test_small_inputs_keep_their_pages_and_big_ones_pass_through(world):
+    world.stage("small.h", b"#define X 1\n")
+    big = b"x" * (2 << 20)
+    world.stage("big.bin", big)
+    tree = InputTree({"small.h": b"#define X 1\n", "big.bin": big})
+    world.push(tree)
+    world.create("s", tree)
+    small_ino, big_ino = world.ino("1", "small.h"), world.ino("1", "big.bin")
+    opens = []
+    for ino in (small_ino, small_ino, big_ino):
+        opened = world.ops.open(ino, os.O_RDONLY)
+        opens.append(opened)
+        world.ops.release(opened.fh)
+    assert [o.backing_fd >= 0 for o in opens] == [False, False, True]
+    assert [o.keep_cache for o in opens[:2]] == [False, True]  # kept from the second open on
