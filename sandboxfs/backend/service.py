@@ -38,6 +38,9 @@ from sandboxfs.mount import ServiceDone
 log = logging.getLogger(__name__)
 
 EXIT_BROKEN_STREAM = 2
+# Inline content up to this size is hashed and written on the loop; bigger, in a thread
+# (hashing 100 MB would stall every sandbox's FUSE requests for a tenth of a second).
+INLINE_ON_LOOP = 256 * 1024
 _SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
@@ -176,25 +179,28 @@ class BackendService:
             single_use = content.retention == pb.RETENTION_SINGLE_USE
             source = content.WhichOneof("source")
             try:
-                if source == "inline":
+                if source == "inline" and len(content.inline) <= INLINE_ON_LOOP:
                     self.store.put_inline(digest, content.inline, single_use=single_use)
-                elif source == "location":
-                    captures.append((digest, content.location, single_use))
+                elif source in ("inline", "location"):
+                    captures.append((digest, content, single_use))
                 else:
                     raise InvalidRequestError(f"content {digest}: neither inline nor location")
             except SandboxfsError as exc:
                 self.counts["refused_content"] += 1
                 log.error("Push (message %d): %s", index, exc.message)
-        if captures:  # read now, while the locations hold the pushed bytes
+        if captures:  # now: a location holds the pushed bytes only at the moment of the Push
             for message in await trio.to_thread.run_sync(self._capture_all, captures):
                 self.counts["refused_content"] += 1
                 log.error("Push (message %d): %s", index, message)
 
     def _capture_all(self, captures: list) -> list[str]:
         errors = []
-        for digest, location, single_use in captures:
+        for digest, content, single_use in captures:
             try:
-                self.store.capture(digest, location, single_use=single_use)
+                if content.WhichOneof("source") == "inline":
+                    self.store.put_inline(digest, content.inline, single_use=single_use)
+                else:
+                    self.store.capture(digest, content.location, single_use=single_use)
             except SandboxfsError as exc:
                 errors.append(exc.message)
         return errors

@@ -294,3 +294,17 @@ def test_the_end_of_input_gives_the_store_and_scratch_disk_back(served):
     assert served.close() == 0
     assert not (served.state / "store").exists() and not (served.state / "scratch").exists()
     assert not is_mounted(served.mount_point)
+
+
+def test_big_inline_content_and_locations_are_taken_in_at_push_time(served):
+    big = os.urandom(3 << 20)  # hashed off the loop
+    staged = served.root / "pushed-from-here.bin"
+    staged.write_bytes(b"at push time")
+    tree = InputTree({"big.bin": big, "loc.bin": str(staged)})
+    served.client.send_push(tree.push_all())
+    # A Push is applied before the next request is read: once this is answered, it is done.
+    assert served.client.negotiate().WhichOneof("outcome") == "ok"
+    staged.write_bytes(b"changed after the push")  # the server must have copied it already
+    path = served.create("s", tree)
+    assert Path(path, "big.bin").read_bytes() == big
+    assert Path(path, "loc.bin").read_bytes() == b"at push time"
