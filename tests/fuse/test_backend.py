@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -308,3 +309,10 @@ def test_big_inline_content_and_locations_are_taken_in_at_push_time(served):
     path = served.create("s", tree)
     assert Path(path, "big.bin").read_bytes() == big
     assert Path(path, "loc.bin").read_bytes() == b"at push time"
+
+
+def test_a_shutdown_signal_unmounts_and_exits_1(served):
+    served.create("s", InputTree({"f": b"f"}))
+    os.kill(served.client.pid, signal.SIGTERM)
+    assert served.close() == 1
+    assert not is_mounted(served.mount_point)
