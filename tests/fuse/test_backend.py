@@ -12,6 +12,7 @@ import hashlib
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -314,5 +315,8 @@ def test_big_inline_content_and_locations_are_taken_in_at_push_time(served):
 def test_a_shutdown_signal_unmounts_and_exits_1(served):
     served.create("s", InputTree({"f": b"f"}))
     os.kill(served.client.pid, signal.SIGTERM)
-    assert served.close() == 1
+    deadline = time.monotonic() + 20
+    while is_mounted(served.mount_point) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the signal first: closing stdin now would end it as end of input
     assert not is_mounted(served.mount_point)
+    assert served.close() == 1
