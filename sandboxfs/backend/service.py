@@ -85,7 +85,8 @@ class BackendService:
         finally:
             input_stream.close()
             self._output.close()
-        log.info("protocol input ended (%s); unmounting", dict(self.counts))
+        log.info("protocol input ended (requests %s; sandboxes %s; store %s); unmounting",
+                 dict(self.counts), self.slots.stats(), self.store.stats())
         raise ServiceDone()  # mount.run unmounts; ``status`` says how the stream ended
 
     async def _read(self, stream: trio.lowlevel.FdStream, nursery: trio.Nursery) -> None:
@@ -160,10 +161,9 @@ class BackendService:
             if name == "store_budget" and equals:
                 self.store.budget_bytes = parse_size(value)
                 return
-            if name == "max_idle_slots" and equals:
+            if name == "max_idle_slots" and equals and int(value) >= 0:
                 self.slots.max_idle = int(value)
-                if self.slots.max_idle >= 0:
-                    return
+                return
         except ValueError:
             pass
         raise InvalidRequestError(

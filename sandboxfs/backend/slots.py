@@ -26,13 +26,12 @@ from __future__ import annotations
 import collections
 import os
 import stat
-import time
 import weakref
 
 import attrs
 
 from sandboxfs.backend.digests import require_sha256
-from sandboxfs.backend.merkle import DirectoryStore, FileLeaf, MerkleDir, SymlinkLeaf, file_digests
+from sandboxfs.backend.merkle import DirectoryStore, MerkleDir, SymlinkLeaf, file_digests
 from sandboxfs.backend.store import ContentStore
 from sandboxfs.backend.writable import Changed, join, mkdirs, move_output, parse_outputs, place_writable
 from sandboxfs.errors import InvalidRequestError, NotFoundError, describe_oserror
@@ -48,7 +47,7 @@ _DIGEST_CACHE = 64  # roots whose file digests are remembered
 class LeafSource:
     """Where a slot's leaves come from: the content store, else its exec root."""
 
-    __slots__ = ("store", "exec_root", "missing", "files", "_stored_prefix")
+    __slots__ = ("store", "exec_root", "missing", "files")
 
     def __init__(self, store: ContentStore, exec_root: bytes,
                  files: weakref.WeakValueDictionary | None = None) -> None:
@@ -58,7 +57,6 @@ class LeafSource:
         # inode per input file, so its attributes, pages and passthrough backing stay
         # warm from one sandbox to the next (hard links, as the kernel sees them).
         self.files = files if files is not None else weakref.WeakValueDictionary()
-        self._stored_prefix = os.fsencode(str(store.state_dir)) + b"/"
         self.missing = 0  # staged leaves that were not there when looked up
 
     def node_for(self, directory: ContentDir, name: bytes, leaf) -> Node | None:
@@ -85,14 +83,6 @@ class LeafSource:
             node = self.files[key] = ContentFile(host, leaf.is_executable)
         return node
 
-    def still_valid(self, node: Node, leaf) -> bool:
-        """Whether a node made for ``leaf`` may stand for it again (its stored file still held)."""
-        if type(leaf) is not FileLeaf or type(node) is not ContentFile:
-            return True
-        if node.host_dir.startswith(self._stored_prefix):
-            return leaf.digest in self.store
-        return True  # staged under the exec root, and looked up again on every use
-
 
 @attrs.define
 class Slot:
@@ -105,7 +95,6 @@ class Slot:
     scratch: bytes = b""
     overrides: list = attrs.Factory(list)  # (container node, name) added for the sandbox
     outputs: list = attrs.Factory(list)  # (Output, host path)
-    idle_since: float = 0.0
 
 
 class Slots:
@@ -199,7 +188,7 @@ class Slots:
                 del self.idle[name]
                 self.counts["reused"] += 1
                 changed: Changed = []
-                rebind(slot.node, root, slot.source, changed)
+                rebind(slot.node, root, changed)
                 slot.scratch = self._new_scratch(slot.name)
                 return slot, changed
         self._names += 1
@@ -246,7 +235,6 @@ class Slots:
 
     def _park(self, slot: Slot) -> Changed:
         slot.sandbox_id = None
-        slot.idle_since = time.monotonic()
         self.idle[slot.name] = slot
         changed: Changed = []
         while len(self.idle) > self.max_idle:
@@ -284,10 +272,14 @@ class Slots:
         return slot
 
     def stats(self) -> dict[str, int]:
-        return {"live": len(self.live), "idle": len(self.idle), **self.counts}
+        """Sandboxes live and idle, slots made, reused and dropped, and staged leaves that
+        were missing when looked up (logged when the server ends)."""
+        slots = [*self.live.values(), *self.idle.values()]
+        return {"live": len(self.live), "idle": len(self.idle), **self.counts,
+                "unstaged_leaves": sum(slot.source.missing for slot in slots)}
 
 
-def rebind(node: ContentDir, new: MerkleDir, source: LeafSource, changed: Changed) -> None:
+def rebind(node: ContentDir, new: MerkleDir, changed: Changed) -> None:
     """Show tree ``new`` at ``node``, keeping every node whose entry did not change.
 
     Walks only directories that differ (equal digests are skipped, as in
@@ -313,7 +305,9 @@ def rebind(node: ContentDir, new: MerkleDir, source: LeafSource, changed: Change
             if type(after) is MerkleDir and type(child) is ContentDir:
                 stack.append((child, after))
                 continue
-            if after is not None and after == before and source.still_valid(child, after):
+            # An equal leaf keeps its node: a stored file it names is still held, since
+            # a Create whose content was evicted answers MissingContent before this.
+            if after is not None and after == before:
                 continue
             del children[name]
             if known:

@@ -320,3 +320,15 @@ def test_a_shutdown_signal_unmounts_and_exits_1(served):
         time.sleep(0.02)  # the signal first: closing stdin now would end it as end of input
     assert not is_mounted(served.mount_point)
     assert served.close() == 1
+
+
+def test_negotiate_options_are_applied_or_refused_by_name(served):
+    for bad in ("max_idle_slots=-1", "store_budget=lots", "bogus=1"):
+        assert bad in _error(served.client.negotiate([bad])), bad
+    result = served.client.negotiate(["store_budget=1M", "max_idle_slots=0"])
+    assert result.WhichOneof("outcome") == "ok"
+    tree = InputTree({"f": b"f"})
+    first = served.create("a", tree)
+    served.client.destroy("a")
+    assert not Path(first).exists()  # no idle slot kept: it left the mount
+    assert served.create("b", tree) != first
