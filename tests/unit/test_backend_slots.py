@@ -283,3 +283,21 @@ def test_small_inputs_keep_their_pages_and_big_ones_pass_through(world):
         world.ops.release(opened.fh)
     assert [o.backing_fd >= 0 for o in opens] == [False, False, True]
     assert [o.keep_cache for o in opens[:2]] == [False, True]  # kept from the second open on
+
+
+def test_a_listing_is_kept_by_the_kernel_only_while_the_directory_shows_the_same_tree(world):
+    for name in ("a", "b"):
+        world.stage(f"src/{name}", name.encode())
+    first = InputTree({"src/a": b"a"})
+    world.push(first)
+    world.create("x", first)
+    src = world.ino("1", "src")
+    keeps = [world.ops.opendir(src).keep_cache for _ in range(2)]
+    world.slots.destroy("x")
+    second = InputTree({"src/a": b"a", "src/b": b"b"})
+    world.push(second)
+    world.create("y", second)
+    assert world.ino("1", "src") == src  # the same node, now over another listing
+    keeps += [world.ops.opendir(src).keep_cache for _ in range(2)]
+    assert keeps == [False, True, False, True]
+    assert world.names("1", "src") == [b"a", b"b"]
