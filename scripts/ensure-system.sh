@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Make sure the machine has what sandboxfs needs outside of Python: FUSE 3
 # (fusermount3 and the headers pyfuse3 compiles against), a C compiler, bindfs
-# (the C FUSE filesystem the benchmark compares against), and a
-# Python that can create virtual environments.  Idempotent: when everything is
+# (the C FUSE filesystem the benchmark compares against), PostgreSQL (the
+# database of the BuildGrid engine tests/engine.py starts; it runs its own cluster
+# on a free port, never the system one on 5432), and a Python that can create
+# virtual environments.  Idempotent: when everything is
 # there it only checks.  As root it installs what is missing with apt-get; as
 # any other user it names the packages to install and exits 1.
 set -euo pipefail
 
 PY="${PY:-python3}"
-PACKAGES=(fuse3 libfuse3-dev pkg-config gcc bindfs)
+PACKAGES=(fuse3 libfuse3-dev pkg-config gcc bindfs postgresql)
 
 say() { echo "ensure-system: $*"; }
 

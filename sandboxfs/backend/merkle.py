@@ -111,6 +111,7 @@ class Resolution:
 
     root: MerkleDir | None
     missing: tuple[str, ...] = ()
+    sizes: dict[str, int] = attrs.field(factory=dict, eq=False)  # missing digest -> its size
 
 
 @attrs.frozen
@@ -273,14 +274,16 @@ class DirectoryStore:
             raise InvalidRequestError(f"input root digest {root_digest!r} is {problem}")
         with self._lock:  # held while building, so a digest is never built twice
             parsed: dict[str, Directory] = {}
-            missing = self._walk_unbuilt(root_digest, root_size, parsed)
+            missing: dict[str, int] = {}
+            self._walk_unbuilt(root_digest, root_size, parsed, missing)
             if missing:
-                return Resolution(None, tuple(sorted(missing)))
+                return Resolution(None, tuple(sorted(missing)), missing)
             return Resolution(self._build(root_digest, parsed))
 
-    def _walk_unbuilt(self, root: str, size: int, parsed: dict[str, Directory]) -> set[str]:
-        """Parse every unbuilt directory below ``root`` into ``parsed``; return the missing ones."""
-        missing: set[str] = set()
+    def _walk_unbuilt(self, root: str, size: int, parsed: dict[str, Directory],
+                      missing: dict[str, int]) -> None:
+        """Parse every unbuilt directory below ``root`` into ``parsed``; the missing ones go
+        into ``missing`` with the size their parent gives them."""
         pending = [(root, size, "the input root")]
         while pending:
             digest, size, referrer = pending.pop()
@@ -291,7 +294,7 @@ class DirectoryStore:
                     raise InvalidRequestError(
                         f"{referrer} needs directory {digest}, refused when pushed: "
                         f"{self._rejected[digest]}", details={"digest": digest})
-                missing.add(digest)
+                missing[digest] = size
                 continue
             if size != have:
                 raise InvalidRequestError(
@@ -303,7 +306,6 @@ class DirectoryStore:
             for node in directory.directories:
                 pending.append((node.digest.hash, node.digest.size_bytes,
                                 f"directory {digest} (entry {node.name!r})"))
-        return missing
 
     def _build(self, root: str, parsed: dict[str, Directory]) -> MerkleDir:
         """Build the unbuilt directories of ``parsed``, children first (no recursion: trees

@@ -44,18 +44,20 @@ def default_state_dir(workspace: str) -> str:
     return os.path.join(cache, "sandboxfs", "serve", tag)
 
 
-def _lock(state_dir: str) -> int:
+def lock_state_dir(state_dir: str, what: str = "sandboxfs serve") -> int:
+    """Hold the state directory's lock file (flock) so that two servers never share it."""
     fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise MountError(f"state directory {state_dir}: another sandboxfs serve is using it") \
+        raise MountError(f"state directory {state_dir}: another {what} is using it") \
             from None
     return fd
 
 
-def _fresh(path: str) -> str:
+def fresh_dir(path: str) -> str:
+    """``path`` as a new, empty directory (whatever was there is removed)."""
     if os.path.lexists(path):
         shutil.rmtree(path)
     os.makedirs(path, mode=0o755)
@@ -78,10 +80,10 @@ def run_serve(args: argparse.Namespace) -> int:
                          "would see the sandboxes as sources")
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(os.close, _lock(state_dir))
+        cleanup.callback(os.close, lock_state_dir(state_dir))
         mount_point = os.path.join(state_dir, "mnt")
         os.makedirs(mount_point, exist_ok=True)
-        scratch = _fresh(os.path.join(state_dir, "scratch"))
+        scratch = fresh_dir(os.path.join(state_dir, "scratch"))
         store = ContentStore(os.path.join(state_dir, "store"), budget)
         directories = DirectoryStore()
         config = mount.MountConfig(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import os
+from typing import Callable
 import stat
 import weakref
 
@@ -101,13 +102,20 @@ class Slots:
     """The live backend sandboxes and the idle slots, in a ``Tree``."""
 
     def __init__(self, tree: Tree, directories: DirectoryStore, store: ContentStore,
-                 mount_point: str, scratch_root: str, max_idle: int = MAX_IDLE_SLOTS) -> None:
+                 mount_point: str, scratch_root: str, max_idle: int = MAX_IDLE_SLOTS,
+                 source_factory: Callable[[bytes, weakref.WeakValueDictionary], LeafSource]
+                 | None = None) -> None:
+        """``source_factory(exec_root, shared_files)`` makes each slot's LeafSource; a
+        factory (``sandboxfs.worker``) whose sources fetch what the store lacks makes
+        evicted content no reason to answer MissingContent."""
         self.tree = tree
         self.directories = directories
         self.store = store
         self.mount_point = os.fsencode(mount_point)
         self.scratch_root = os.fsencode(scratch_root)
         self.max_idle = max_idle
+        self.lazy = source_factory is not None
+        self.make_source = source_factory or (lambda root, files: LeafSource(store, root, files))
         self.live: dict[str, Slot] = {}
         self.idle: collections.OrderedDict[bytes, Slot] = collections.OrderedDict()
         self._names = 0
@@ -151,9 +159,12 @@ class Slots:
             if d not in held:
                 raise InvalidRequestError(f"{label}: the tree needs content {d}, refused when "
                                           f"pushed: {refused[d]}", details={"digest": d})
-        if evicted:
+        if evicted and not self.lazy:
             return "missing", sorted(evicted), []
         lost = store.pin(sandbox_id, held)
+        while lost and self.lazy:  # fetched again when opened: pin only what is still held
+            held -= set(lost)
+            lost = store.pin(sandbox_id, held)
         if lost:  # dropped between the two looks
             return "missing", lost, []
         try:
@@ -193,7 +204,7 @@ class Slots:
                 return slot, changed
         self._names += 1
         name = b"%d" % self._names
-        source = LeafSource(self.store, exec_root, self._files)
+        source = self.make_source(exec_root, self._files)
         slot = Slot(name, ContentDir(root, b"", source), source, scratch=self._new_scratch(name))
         changed = self.tree.attach_sandbox(Sandbox(name, slot.node, 1))
         self.counts["new"] += 1

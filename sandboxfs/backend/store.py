@@ -129,7 +129,8 @@ class ContentStore:
         self._temp_names = itertools.count()
         self._bytes = 0
         self._counts = dict.fromkeys(
-            ("evictions", "evicted_bytes", "single_use_dropped", "reflinks", "copies", "inline"), 0)
+            ("evictions", "evicted_bytes", "single_use_dropped", "reflinks", "copies", "inline",
+             "streamed"), 0)
 
     # -- asking -------------------------------------------------------------------------
 
@@ -139,6 +140,10 @@ class ContentStore:
     def path(self, digest: str) -> str | None:
         """Where the content of ``digest`` is, while the store holds it."""
         return str(self._path_of(digest)) if digest in self._entries else None
+
+    def path_for(self, digest: str) -> str:
+        """Where the content of ``digest`` is kept when held (whether or not it is now)."""
+        return str(self._path_of(digest))
 
     def size(self, digest: str) -> int | None:
         """The size of the content of ``digest``, or None if the store does not hold it."""
@@ -188,6 +193,23 @@ class ContentStore:
         with self._new_file(digest) as (temp, fd):
             _write_all(fd, data)
         self._install(digest, temp, len(data), single_use, "inline")
+
+    def put_stream(self, digest: str, chunks: Iterable[bytes]) -> None:
+        """Keep the bytes of ``chunks`` (a download) as the content of ``digest``, hashed as they
+        are written; InvalidRequestError, with nothing kept, if they do not hash to it."""
+        if self._already_held(digest, False):
+            return
+        hasher = hashlib.sha256()
+        size = 0
+        with self._new_file(digest) as (temp, fd):
+            for chunk in chunks:
+                hasher.update(chunk)
+                _write_all(fd, chunk)
+                size += len(chunk)
+            actual = hasher.hexdigest()
+            if actual != digest:
+                raise self._reject(digest, f"the {size} bytes received hash to {actual}")
+        self._install(digest, temp, size, False, "streamed")
 
     def capture(self, digest: str, source: str | os.PathLike, *, single_use: bool = False) -> None:
         """Take in the file at ``source`` now (reflink, else copy) as the content of ``digest``.

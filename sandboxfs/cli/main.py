@@ -221,6 +221,43 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_serve(args)
 
 
+def _add_worker_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "worker",
+        help="run remote-execution actions for an engine (BuildGrid) in sandboxes (docs/worker.md)",
+        description="A Remote Workers API bot: take leases from the engine, run each action "
+                    "in a sandbox whose input files are fetched from the engine's CAS on "
+                    "first open, upload the outputs and report the result.",
+    )
+    p.add_argument("--engine", required=True, metavar="grpc://HOST:PORT",
+                   help="the engine's Bots and CAS services")
+    p.add_argument("--instance", default="", help="the engine's instance name (default: '')")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N",
+                   help="actions run at once, one bot session each (default 1)")
+    p.add_argument("--name", help="the bot name the engine sees (default: the host name); "
+                                  "session i is NAME/i")
+    p.add_argument("--state-dir", help="mount, content store and scratch "
+                                       "(default: ~/.cache/sandboxfs/worker/HASH)")
+    p.add_argument("--store-budget", metavar="SIZE",
+                   help="bytes of fetched content kept for later actions (default 16G)")
+    p.add_argument("--no-prefetch", action="store_true",
+                   help="fetch every file on its first open, never what the same command "
+                        "read last time")
+    p.add_argument("--ttl", type=_seconds_arg, default=60.0, metavar="SECONDS",
+                   help="how long the kernel may cache entries and attributes (default 60)")
+    p.add_argument("--transport", choices=TRANSPORTS, default=None,
+                   help="kernel (default) or pyfuse3")
+    p.add_argument("--log-level", default="warning",
+                   choices=("debug", "info", "warning", "error"))
+    p.set_defaults(handler=_cmd_worker)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from sandboxfs.worker.main import run_worker  # grpc only when working
+
+    return run_worker(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sandboxfs",
@@ -232,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_client_parsers(subparsers, _mapping_arg)
     _add_run_parser(subparsers)
     _add_serve_parser(subparsers)
+    _add_worker_parser(subparsers)
     return parser
 
 

@@ -61,6 +61,9 @@ class InodeTable:
         except KeyError:
             raise StaleError(f"inode {ino}") from None
 
+    def get(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
+
     def __len__(self) -> int:
         return len(self._nodes)
 

@@ -248,6 +248,12 @@ class Operations:
 
     # -- files -------------------------------------------------------------------------
 
+    def fetch_for(self, ino: int) -> Callable[[], None] | None:
+        """What the transport must run in a thread before ``open(ino)``: fetching content
+        from a remote CAS (``tree.content.CasFile``), else None."""
+        node = self.inodes.get(ino)
+        return None if node is None else node.pending_fetch()
+
     def open(self, ino: int, flags: int, ctx: Context | None = None) -> Opened:
         node = self.inodes[ino]
         writes = bool(flags & _WRITE_FLAGS)

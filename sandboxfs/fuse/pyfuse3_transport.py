@@ -27,6 +27,7 @@ from sandboxfs.fs.operations import Operations
 log = logging.getLogger(__name__)
 
 READ_THREADS = trio.CapacityLimiter(16)  # bounded: slow disks cannot spawn unbounded threads
+FETCH_THREADS = trio.CapacityLimiter(32)  # opens waiting for a remote CAS (sandboxfs.worker)
 
 
 def _attributes(entry: Entry) -> pyfuse3.EntryAttributes:
@@ -145,6 +146,9 @@ class Pyfuse3Operations(pyfuse3.Operations):
 
     @_boundary
     async def open(self, inode: int, flags: int, ctx) -> pyfuse3.FileInfo:
+        fetch = self.ops.fetch_for(inode)
+        if fetch is not None:
+            await trio.to_thread.run_sync(fetch, limiter=FETCH_THREADS, abandon_on_cancel=True)
         opened = self.ops.open(inode, flags, _context(ctx))
         return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache,
                                 direct_io=opened.direct_io)

@@ -16,6 +16,10 @@ the whole tree per sandbox (16,000 entries for a toolchain); instead:
 * ``ContentFile``: a read-only host file shown with the mode the tree says
   (0555 or 0444), whatever the host file's own mode: one stored file serves
   a digest that is executable in one directory and not in another.
+* ``CasFile``: a ``ContentFile`` whose bytes may not be on this machine yet
+  (``sandboxfs.worker``): its attributes come from the tree (digest size,
+  mode), and its first open fetches the content into the local store
+  (``pending_fetch``, run by the transport in a worker thread).
 * ``VirtualSymlink``: a symlink the tree declares; its target lives in memory.
 
 Writes to any of them fail with EROFS (``refusal``).
@@ -134,6 +138,60 @@ class ContentFile(MappedNode):
 
     def lstat(self) -> os.stat_result:
         return self.shown(os.lstat(self.host_path()))
+
+
+class Fetcher(Protocol):
+    """Brings content into the local store (``sandboxfs.worker.fetch``)."""
+
+    def held_path(self, digest: str) -> str | None:
+        """Where the store holds ``digest`` now, or None."""
+
+    def fetch(self, digest: str, size: int) -> None:
+        """Put ``digest`` into the store (blocking); OSError (EIO) if it cannot be had."""
+
+
+def _file_stat(mode: int, size: int) -> os.stat_result:
+    seconds = _STARTED_NS // 10**9
+    return os.stat_result(
+        (mode, 0, 0, 1, os.getuid(), os.getgid(), size, seconds, seconds, seconds),
+        {"st_atime_ns": _STARTED_NS, "st_mtime_ns": _STARTED_NS, "st_ctime_ns": _STARTED_NS,
+         "st_blksize": 4096, "st_blocks": (size + 511) // 512, "st_rdev": 0},
+    )
+
+
+class CasFile(ContentFile):
+    """An input file named by digest, fetched into the local store on its first open.
+
+    Its attributes never touch the disk: size from the digest, mode from the
+    tree, times fixed at server start, the same before and after the fetch
+    (a changing mtime would make the kernel drop the pages it keeps).  The
+    host path is where the store keeps the digest; while the store does not
+    hold it, ``pending_fetch`` returns what fetches it.
+    """
+
+    __slots__ = ("digest", "size", "fetcher", "_stat")
+
+    def __init__(self, store_path: bytes, digest: str, size: int, executable: bool,
+                 fetcher: Fetcher) -> None:
+        super().__init__(store_path, executable)
+        self.digest = digest
+        self.size = size
+        self.fetcher = fetcher
+        self._stat = _file_stat(self.mode, size)
+
+    def shown(self, st: os.stat_result) -> os.stat_result:
+        return self._stat
+
+    def lstat(self) -> os.stat_result:
+        return self._stat
+
+    def pending_fetch(self):
+        if self.fetcher.held_path(self.digest) is not None:
+            return None
+        return self._fetch
+
+    def _fetch(self) -> None:
+        self.fetcher.fetch(self.digest, self.size)
 
 
 class VirtualSymlink(Node):

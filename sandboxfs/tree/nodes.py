@@ -76,6 +76,13 @@ class Node:
         """The attributes of a node with no host object (None: a scaffold's, made by the caller)."""
         return None
 
+    def pending_fetch(self):
+        """What must run (blocking, off the loop) before this node can be opened, or None.
+
+        Only ``tree.content.CasFile`` has one: content still in a remote CAS.
+        """
+        return None
+
 
 class ScaffoldDir(Node):
     """A virtual directory holding explicit children only; mode 0555, immutable."""

@@ -24,7 +24,13 @@ from pathlib import Path
 GRPCIO_TOOLS_VERSION = "1.84.0"
 PROTO_DIR = Path(__file__).resolve().parent
 SOURCE_ROOT = PROTO_DIR.parents[2]  # the directory that holds the ``sandboxfs`` package
-PROTOS = ("remote_execution.proto", "sandbox.proto")
+PROTOS = (
+    "remote_execution.proto", "sandbox.proto",
+    # what a remote-execution worker needs besides REAPI: BuildGrid's Bots API and the
+    # googleapis messages REAPI embeds
+    "bots.proto", "bytestream.proto", "operations.proto", "semver.proto", "status.proto",
+    "worker.proto",
+)
 
 
 def generated_names() -> list[str]:

@@ -53,6 +53,9 @@ SPIN_MISSES = 4  # polls in a row that found nothing: the client has gone quiet 
 SPIN_REST = 64  # ... so sleep at once for this many waits before polling again
 MAX_KEPT_BACKING = 10_000  # idle passthrough backing ids kept for reopens (each pins a host file)
 THREADS = trio.CapacityLimiter(16)  # bounded: slow disks cannot spawn unbounded threads
+# Opens waiting for content from a remote CAS (sandboxfs.worker): network-bound, not disk-bound,
+# so apart from THREADS (a slow engine must not hold up reads).
+FETCH_THREADS = trio.CapacityLimiter(32)
 
 _IN = wire.IN_HEADER.unpack_from
 _OUT = wire.OUT_HEADER.pack
@@ -239,6 +242,9 @@ class KernelTransport:
                 elif opcode == wire.FSYNC or opcode == wire.FSYNCDIR:
                     nursery.start_soon(self._fsync, unique, opcode,
                                        bytes(view[wire.IN_HEADER_SIZE:n]))
+                elif opcode == wire.OPEN and (fetch := self.ops.fetch_for(nodeid)) is not None:
+                    nursery.start_soon(self._open_after, fetch, unique, table[opcode], nodeid,
+                                       ctx, bytes(view[wire.IN_HEADER_SIZE:min(n, length)]))
                 elif opcode == wire.INIT:
                     self._init(unique, bytes(view[wire.IN_HEADER_SIZE:n]))
                 elif opcode == wire.INTERRUPT:
@@ -318,6 +324,16 @@ class KernelTransport:
             self._reply_error(unique, errno_of(exc, "read"))
             return
         self._reply_data(unique, data)
+
+    async def _open_after(self, fetch, unique: int, handler, nodeid: int, ctx: Context,
+                          data: bytes) -> None:
+        """OPEN of a file whose content is still remote: fetch it in a thread, then open."""
+        try:
+            await trio.to_thread.run_sync(fetch, limiter=FETCH_THREADS, abandon_on_cancel=True)
+        except Exception as exc:
+            self._reply_error(unique, errno_of(exc, "open"))
+            return
+        self._answer(unique, handler, nodeid, ctx, data)
 
     async def _fsync(self, unique: int, opcode: int, data: bytes) -> None:
         """FSYNC and FSYNCDIR: they wait for the disk, so in a worker thread."""

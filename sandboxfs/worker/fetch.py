@@ -1,0 +1,296 @@
+"""Input trees and files from the engine's CAS, brought in only when needed.
+
+* Directories: ``fetch_tree`` asks the ``DirectoryStore`` what the input
+  root lacks and reads just those directory blobs, one batch per level, so
+  a subtree seen in an earlier action (a toolchain) costs nothing.
+* Files: a sandbox shows each file as a ``tree.content.CasFile`` whose
+  bytes come into the local ``ContentStore`` on its first open
+  (``CasFetcher.fetch``, run by the transport in a thread).  Small blobs
+  come in ``BatchReadBlobs`` batches, big ones through ByteStream straight
+  into the store; each is hashed before it is kept, so wrong bytes are
+  never served.  Two opens of one digest fetch it once.
+* Prefetch: ``fetch_many`` takes a whole set in parallel batches.  The
+  worker uses it for the files an action with the same Command looked up
+  the last time it ran (``ReadHistory``), so a repeated kind of action pays
+  for a few batches instead of a round trip per file.
+
+A blob that cannot be had (missing from the CAS, wrong bytes, the engine
+failing) fails the open with EIO and is recorded in ``failures`` with the
+reason, so the lease reports which input was wrong instead of only the
+command's own complaint.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+from sandboxfs.backend.merkle import DirectoryStore, FileLeaf, MerkleDir, SymlinkLeaf
+from sandboxfs.backend.store import ContentStore
+from sandboxfs.errors import InvalidRequestError, SandboxfsError
+from sandboxfs.tree.content import CasFile, ContentDir, VirtualSymlink
+from sandboxfs.tree.nodes import Node
+from sandboxfs.worker.engine import (
+    BATCH_BLOB_MAX, BATCH_BYTES, BATCH_COUNT, Engine, EngineError, digest_of,
+)
+
+log = logging.getLogger(__name__)
+
+EMPTY_HASH = hashlib.sha256(b"").hexdigest()
+PREFETCH_THREADS = 4
+NOT_FOUND = 5  # google.rpc.Code
+
+
+class Failure(NamedTuple):
+    """Why a blob could not be had, and when (``time.monotonic``)."""
+
+    at: float
+    kind: str  # "missing" | "corrupt" | "engine"
+    why: str
+
+
+class InputError(SandboxfsError):
+    """An input (tree or file) the engine could not give; ``kind`` as in ``Failure``."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class CasFetcher:
+    """Fetches file content from ``engine`` into ``store`` (thread-safe)."""
+
+    def __init__(self, engine: Engine, store: ContentStore) -> None:
+        self.engine = engine
+        self.store = store
+        self._lock = threading.Lock()
+        self._inflight: dict[str, threading.Event] = {}
+        self.failures: dict[str, Failure] = {}
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def held_path(self, digest: str) -> str | None:
+        return self.store.path(digest)
+
+    def fetch(self, digest: str, size: int) -> None:
+        """One file, for an open (blocking); OSError(EIO) naming the blob if it cannot be had."""
+        self.counts["on_open"] += 1
+        self.fetch_many({digest: size}, threads=1)
+        if self.store.path(digest) is None:
+            failure = self.failures.get(digest)
+            why = failure.why if failure else "not fetched"
+            raise OSError(errno.EIO, f"input {digest}/{size}: {why}")
+
+    def fetch_many(self, wanted: dict[str, int], threads: int = PREFETCH_THREADS) -> None:
+        """Bring every digest of ``wanted`` (hash -> size) into the store; failures are
+        recorded, not raised."""
+        mine: dict[str, int] = {}
+        theirs: list[threading.Event] = []
+        with self._lock:
+            for digest, size in wanted.items():
+                if self.store.path(digest) is not None:
+                    continue
+                event = self._inflight.get(digest)
+                if event is not None:
+                    theirs.append(event)
+                else:
+                    self._inflight[digest] = threading.Event()
+                    mine[digest] = size
+        try:
+            jobs = _plan(mine)
+            if threads > 1 and len(jobs) > 1:
+                with ThreadPoolExecutor(min(threads, len(jobs))) as pool:
+                    list(pool.map(self._run_job, jobs))
+            else:
+                for job in jobs:
+                    self._run_job(job)
+        finally:
+            with self._lock:
+                for digest in mine:
+                    self._inflight.pop(digest).set()
+        for event in theirs:
+            event.wait()
+
+    def _run_job(self, job: list[tuple[str, int]]) -> None:
+        if len(job) == 1 and job[0][1] > BATCH_BLOB_MAX:
+            digest, size = job[0]
+            try:
+                self.store.put_stream(digest, self.engine.read_stream(digest_of(digest, size)))
+                self._fetched(size)
+            except InvalidRequestError as exc:
+                self._failed(digest, size, "corrupt", exc.message)
+            except EngineError as exc:
+                self._failed(digest, size, "missing" if exc.code.value[0] == NOT_FOUND
+                             else "engine", str(exc))
+            return
+        try:
+            replies = list(self.engine.read_batch([digest_of(d, s) for d, s in job]))
+        except EngineError as exc:
+            for digest, size in job:
+                self._failed(digest, size, "engine", str(exc))
+            return
+        self.counts["batches"] += 1
+        answered = set()
+        for digest, code, message, data in replies:
+            answered.add(digest.hash)
+            if code:
+                kind = "missing" if code == NOT_FOUND else "engine"
+                self._failed(digest.hash, digest.size_bytes, kind,
+                             f"the CAS answered status {code}: {message or 'no message'}")
+                continue
+            try:
+                if len(data) != digest.size_bytes:
+                    raise InvalidRequestError(f"the CAS sent {len(data)} bytes for a "
+                                              f"{digest.size_bytes}-byte blob")
+                self.store.put_inline(digest.hash, data)
+                self._fetched(len(data))
+            except InvalidRequestError as exc:
+                self._failed(digest.hash, digest.size_bytes, "corrupt", exc.message)
+        for digest, size in job:
+            if digest not in answered and digest != EMPTY_HASH:
+                self._failed(digest, size, "missing", "the CAS did not answer for it")
+
+    def _fetched(self, size: int) -> None:
+        with self._lock:
+            self.counts["files"] += 1
+            self.counts["bytes"] += size
+
+    def _failed(self, digest: str, size: int, kind: str, why: str) -> None:
+        log.error("input blob %s/%d: %s", digest, size, why)
+        with self._lock:
+            self.counts["failed"] += 1
+            self.failures[digest] = Failure(time.monotonic(), kind, why)
+
+    def failures_since(self, since: float, digests: Iterable[str]) -> dict[str, Failure]:
+        """The failures recorded after ``since`` for any of ``digests``."""
+        with self._lock:
+            recent = {d: f for d, f in self.failures.items() if f.at >= since}
+        return {d: recent[d] for d in recent.keys() & set(digests)}
+
+
+def _plan(wanted: dict[str, int]) -> list[list[tuple[str, int]]]:
+    """Batches of small blobs (by total bytes and count), and one job per big blob.  The
+    empty blob needs no engine: it is put at once."""
+    jobs: list[list[tuple[str, int]]] = []
+    batch: list[tuple[str, int]] = []
+    total = 0
+    for digest, size in sorted(wanted.items(), key=lambda item: item[1]):
+        if size == 0:
+            continue
+        if size > BATCH_BLOB_MAX:
+            jobs.append([(digest, size)])
+            continue
+        if batch and (total + size > BATCH_BYTES or len(batch) >= BATCH_COUNT):
+            jobs.append(batch)
+            batch, total = [], 0
+        batch.append((digest, size))
+        total += size
+    if batch:
+        jobs.append(batch)
+    return jobs
+
+
+def put_empty(store: ContentStore) -> None:
+    """The empty blob, which engines need not store."""
+    store.put_inline(EMPTY_HASH, b"")
+
+
+def fetch_tree(engine: Engine, directories: DirectoryStore, root: str, size: int) -> MerkleDir:
+    """The input tree of ``root``, reading only the directory blobs not held yet (blocking).
+
+    InputError names a directory the CAS lacks or sent wrong; the
+    DirectoryStore's own checks (names, sizes) raise InvalidRequestError.
+    """
+    while True:
+        resolution = directories.resolve(root, size)
+        if resolution.root is not None:
+            return resolution.root
+        for job in _plan(resolution.sizes):
+            replies = engine.read_batch([digest_of(d, s) for d, s in job])
+            for digest, code, message, data in replies:
+                if code:
+                    raise InputError(f"input directory {digest.hash}/{digest.size_bytes}: the "
+                                     f"CAS answered status {code}: {message or 'no message'}",
+                                     "missing" if code == NOT_FOUND else "engine")
+                try:
+                    directories.add(digest.hash, data)
+                except InvalidRequestError as exc:
+                    raise InputError(f"input directory {digest.hash}: {exc.message}",
+                                     "corrupt") from None
+
+
+class CasLeafSource:
+    """A worker slot's leaves: ``CasFile`` nodes over the store, fetched by ``fetcher``.
+
+    ``looked_up`` collects the paths of the files the current sandbox looked
+    up for the first time in this slot (``ReadHistory``'s record).
+    """
+
+    __slots__ = ("store", "fetcher", "exec_root", "files", "missing", "looked_up")
+
+    def __init__(self, store: ContentStore, fetcher: CasFetcher, exec_root: bytes,
+                 files) -> None:
+        self.store = store
+        self.fetcher = fetcher
+        self.exec_root = exec_root
+        self.files = files  # (digest, executable) -> CasFile, shared by every slot
+        self.missing = 0
+        self.looked_up: list[bytes] = []
+
+    def node_for(self, directory: ContentDir, name: bytes, leaf) -> Node | None:
+        kind = type(leaf)
+        if kind is MerkleDir:
+            return ContentDir(leaf, directory.child_path(name), self)
+        if kind is SymlinkLeaf:
+            return VirtualSymlink(leaf.target)
+        self.looked_up.append(directory.child_path(name))
+        key = (leaf.digest, leaf.is_executable)
+        node = self.files.get(key)
+        if node is None:
+            node = self.files[key] = CasFile(os.fsencode(self.store.path_for(leaf.digest)),
+                                             leaf.digest, leaf.size, leaf.is_executable,
+                                             self.fetcher)
+        return node
+
+
+class ReadHistory:
+    """The files each kind of action (its Command digest) looked up when it last ran."""
+
+    def __init__(self, max_commands: int = 4096, max_paths: int = 200_000) -> None:
+        self._paths: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
+        self.max_commands = max_commands
+        self.max_paths = max_paths
+
+    def record(self, command: str, paths: list[bytes]) -> None:
+        self._paths[command] = paths[:self.max_paths]
+        self._paths.move_to_end(command)
+        while len(self._paths) > self.max_commands:
+            self._paths.popitem(last=False)
+
+    def wanted(self, command: str, root: MerkleDir, store: ContentStore) -> dict[str, int]:
+        """Digest -> size of the files at the recorded paths of ``command`` in ``root`` that
+        the store lacks."""
+        wanted: dict[str, int] = {}
+        for path in self._paths.get(command, ()):
+            leaf = _leaf_at(root, path)
+            if leaf is not None and leaf.digest not in store:
+                wanted[leaf.digest] = leaf.size
+        return wanted
+
+
+def _leaf_at(root: MerkleDir, path: bytes) -> FileLeaf | None:
+    entry = root
+    for part in path.split(b"/"):
+        if type(entry) is not MerkleDir:
+            return None
+        entry = entry.entries.get(part)
+        if entry is None:
+            return None
+    return entry if type(entry) is FileLeaf else None
