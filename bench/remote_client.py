@@ -66,6 +66,10 @@ class RemoteClient:
             "/build.bazel.remote.execution.v2.Execution/Execute",
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=operations.Operation.FromString)
+        self._cancel = self.engine.channel.unary_unary(
+            "/google.longrunning.Operations/CancelOperation",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=lambda data: data)
 
     def close(self) -> None:
         self.engine.close()
@@ -104,11 +108,16 @@ class RemoteClient:
         self.last_blobs = blobs
         return action_digest
 
-    def execute(self, action_digest: re.Digest, timeout: float = 300) -> re.ExecuteResponse:
-        """Execute and wait; the final ExecuteResponse (raises grpc.RpcError on failure)."""
+    def execute(self, action_digest: re.Digest, timeout: float = 300,
+                on_name=None) -> re.ExecuteResponse:
+        """Execute and wait; the final ExecuteResponse (raises grpc.RpcError on failure).
+        ``on_name`` is called once with the operation's name (to cancel it)."""
         request = re.ExecuteRequest(instance_name=self.instance, action_digest=action_digest,
                                     skip_cache_lookup=True)
         for op in self._execute(request, timeout=timeout):
+            if on_name is not None:
+                on_name(op.name)
+                on_name = None
             if op.done:
                 if op.HasField("error"):
                     response = re.ExecuteResponse()
@@ -118,6 +127,10 @@ class RemoteClient:
                 op.response.Unpack(response)
                 return response
         raise RuntimeError("Execute ended without a finished operation")
+
+    def cancel(self, operation: str) -> None:
+        """Ask the engine to cancel operation ``operation`` (google.longrunning)."""
+        self._cancel(operations.CancelOperationRequest(name=operation), timeout=30)
 
     def read(self, d: re.Digest) -> bytes:
         """One blob's bytes (empty for the empty digest)."""
