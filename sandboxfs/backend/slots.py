@@ -154,7 +154,7 @@ class Slots:
             return "missing", list(resolution.missing), []
         root = resolution.root
         store = self.store
-        held, evicted, refused = store.classify(self._file_digests(root))
+        held, evicted, refused = store.classify(self.file_digests(root))
         for d in sorted(refused):
             if d not in held:
                 raise InvalidRequestError(f"{label}: the tree needs content {d}, refused when "
@@ -182,7 +182,8 @@ class Slots:
         self.live[sandbox_id] = slot
         return "ok", os.fsdecode(join(self.mount_point, slot.name)), changed
 
-    def _file_digests(self, root: MerkleDir) -> set[str]:
+    def file_digests(self, root: MerkleDir) -> set[str]:
+        """The digests of every file in tree ``root`` (remembered for the last few roots)."""
         cached = self._digests.get(root.digest)
         if cached is None:
             cached = self._digests[root.digest] = file_digests([root])

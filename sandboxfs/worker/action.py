@@ -148,7 +148,7 @@ class ActionRunner:
             logs = os.path.join(self.scratch_root, f"run-{self._runs}")
             outcome = await self._execute(lease_id, action, command, path, logs, meta)
             self.history.record(key, slot.source.looked_up)
-            failed = self.fetcher.failures_since(since, self.slots._file_digests(tree))
+            failed = self.fetcher.failures_since(since, self.slots.file_digests(tree))
             if failed:
                 return _fetch_outcome(failed, outcome)
             if outcome.result is not None:
