@@ -29,14 +29,14 @@ import attrs
 
 from bench import mounts, report, tree
 from bench.measure import Progress
-from bench.scenarios import actions, backend, bazel, io, scale, setup
+from bench.scenarios import actions, backend, bazel, io, scale, setup, worker
 from bench.strategies import (FOREST_STRATEGIES, InPlace, Sandboxfs, SandboxfsPrepared, SandboxfsReuse,
                               Strategy)
 
 log = logging.getLogger(__name__)
 
 SCENARIOS = {"setup": setup, "actions": actions, "io": io, "scale": scale, "bazel": bazel,
-             "backend": backend}
+             "backend": backend, "worker": worker}
 EXIT_SKIPPED = 3
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +67,8 @@ class Config:
     backend_known: int       # Creates of that tree, once known, per round
     backend_sources: int     # distinct gcc sources of the backend's action part
     backend_headers: int     # headers each of them declares and includes
+    worker_files: int = 10_000  # files of the worker scenario's input root
+    worker_trivial: int = 10    # trivial actions per round (worker scenario)
 
     @property
     def toolchain_size(self) -> int:
@@ -75,12 +77,13 @@ class Config:
 
 MODES = {
     "tiny": Config("tiny", 1, 2, [20, 100], 4, 200, 10, 10, (2, 10), 4, 50, 200, [1000], 100, 20,
-                   3, 12, 6, 2, (0, 1), 200, 3, 3, 20),
+                   3, 12, 6, 2, (0, 1), 200, 3, 3, 20, worker_files=200, worker_trivial=3),
     "quick": Config("quick", 1, 3, [100, 1000, 10_000], 6, 2000, 100, 50, (10, 50), 64, 500, 2000,
-                    [10_000, 100_000], 1000, 50, 40, 300, 100, 15, (1, 3), 2000, 5, 10, 100),
+                    [10_000, 100_000], 1000, 50, 40, 300, 100, 15, (1, 3), 2000, 5, 10, 100,
+                    worker_files=2000, worker_trivial=5),
     "full": Config("full", 1, 5, [100, 1000, 10_000, 100_000], 12, 10_000, 300, 200, (40, 100),
                    256, 2000, 10_000, [10_000, 100_000, 1_000_000], 1000, 200, 150, 300, 100, 50,
-                   (1, 7), 16_000, 10, 20, 300),
+                   (1, 7), 16_000, 10, 20, 300, worker_files=10_000, worker_trivial=10),
 }
 
 

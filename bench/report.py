@@ -7,7 +7,8 @@ replaces only their sections and target lines: the other scenarios' sections
 and the machine section are carried over word for word (the latter gains a line
 naming the separate run), so their numbers stay those of the run that made them.
 ``python -m bench.report RESULTS.json [DOCS_DIR]`` re-renders a saved run.
-The backend scenario's section is rendered by ``bench.report_backend``.
+The backend scenario's section is rendered by ``bench.report_backend``, the worker's by
+``bench.report_worker``.
 """
 
 from __future__ import annotations
@@ -408,11 +409,22 @@ def _backend_targets(data: dict) -> list[str]:
     return report_backend.targets(data)
 
 
+def _worker_section(data: dict, plots: Path) -> str:
+    from bench import report_worker
+    return report_worker.section(data, plots)
+
+
+def _worker_targets(data: dict) -> list[str]:
+    from bench import report_worker
+    return report_worker.targets(data)
+
+
 # Each scenario's lines in the Targets section, and how its lines begin (to carry them over).
 TARGET_LINES = {"setup": (_setup_targets, "- Setup + teardown"),
                 "actions": (_actions_targets, "- Action overhead"),
                 "io": (_io_targets, "- I/O at or better"), "bazel": (_bazel_targets, "- Bazel"),
-                "backend": (_backend_targets, "- Backend")}
+                "backend": (_backend_targets, "- Backend"),
+                "worker": (_worker_targets, "- Worker")}
 
 
 def _targets_section(results: dict, carried: str = "") -> str:
@@ -443,7 +455,8 @@ def _machine_section(results: dict) -> str:
 
 HEADINGS = {"targets": "## Targets", "setup": "## 1. Setup", "actions": "## 2. Actions",
             "io": "## 3. I/O", "scale": "## 4. Scale", "bazel": "## 5. Bazel",
-            "backend": "## 6. Sandbox backend", "machine": "## Machine and run"}
+            "backend": "## 6. Sandbox backend", "worker": "## 7. Remote worker",
+            "machine": "## Machine and run"}
 SEPARATE_RUN = re.compile(r"a separate run \(`--only ([\w,]+)`\)")
 
 
@@ -485,7 +498,8 @@ def render(results: dict, docs: Path) -> Path:
                  "actions": lambda d: _actions_section(d, plots),
                  "io": lambda d: _io_section(d, plots), "scale": _scale_section,
                  "bazel": lambda d: _bazel_section(d, plots),
-                 "backend": lambda d: _backend_section(d, plots)}
+                 "backend": lambda d: _backend_section(d, plots),
+                 "worker": lambda d: _worker_section(d, plots)}
     carried = [name for name in renderers if name not in sc and name in old]
     sections = [
         "# sandboxfs benchmarks",

@@ -95,14 +95,14 @@ def test_tiny_run_produces_every_scenario_and_report(tmp_path):
     work = tmp_path / "work"
     with_bazel = _bazel_expected()
     proc = subprocess.run(_bench_argv(tmp_path, "--docs", str(tmp_path / "docs")),
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+                          cwd=ROOT, capture_output=True, text=True, timeout=480, check=False)
     assert proc.returncode == (0 if with_bazel else EXIT_SKIPPED), proc.stderr[-3000:]
     assert "ETA" in proc.stderr
     [result_file] = (tmp_path / "out").glob("bench-tiny-*.json")
     results = json.loads(result_file.read_text())
     assert results["machine"]["cpus"]
     sc = results["scenarios"]
-    assert set(sc) == {"setup", "actions", "io", "scale", "bazel", "backend"}
+    assert set(sc) == {"setup", "actions", "io", "scale", "bazel", "backend", "worker"}
     assert {r["strategy"] for r in sc["setup"]["rows"]} == {
         "symlink_py", "symlink_cp", "hardlink", "copy", "sandboxfs", "sandboxfs_prepared"}
     assert all(r["seconds"]["n"] == 2 for r in sc["setup"]["rows"])
@@ -123,11 +123,18 @@ def test_tiny_run_produces_every_scenario_and_report(tmp_path):
         "native", "hardlink", "sandboxfs", "serve"]
     assert backend["actions"]["outputs_identical"], backend["actions"]["mismatches"]
     assert backend["actions"]["serve_slots_used"] == 1
+    worker = sc["worker"]
+    assert "skipped" not in worker, worker
+    assert [(r["variant"], r["fraction"]) for r in worker["rows"]] == [
+        (v, f) for v in ("no_prefetch", "prefetch") for f in (5, 50, 100)]
+    assert all(r["lazy_e2e_ms"]["n"] == 2 and r["eager_local_ms"]["n"] == 2 for r in worker["rows"])
+    assert worker["trivial"]["worker"]["n"] == 2 * 3
     text = (tmp_path / "docs" / "benchmarks.md").read_text()
     for heading in ("## Targets", "## 1. Setup", "## 2. Actions", "## 3. I/O", "## 4. Scale",
-                    "## 5. Bazel", "## 6. Sandbox backend", "- Backend (`sandboxfs serve`)"):
+                    "## 5. Bazel", "## 6. Sandbox backend", "- Backend (`sandboxfs serve`)",
+                    "## 7. Remote worker", "- Worker (`sandboxfs worker`)"):
         assert heading in text
-    plots = ["setup.png", "actions.png", "io.png", "backend.png"]
+    plots = ["setup.png", "actions.png", "io.png", "backend.png", "worker.png"]
     bazel = sc["bazel"]
     if with_bazel:
         assert "skipped" not in bazel, bazel

@@ -29,12 +29,13 @@ class WorkerProcess:
     """One ``sandboxfs worker`` subprocess (use as a context manager)."""
 
     def __init__(self, endpoint: str, state_dir: Path, *, name: str, concurrency: int = 1,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), cpu: int | None = None) -> None:
         self.endpoint = endpoint
         self.state_dir = state_dir
         self.name = name
         self.concurrency = concurrency
         self.extra = extra
+        self.cpu = cpu  # run it under ``taskset -c CPU`` (the benchmark pins it)
         self.log = state_dir.parent / f"{state_dir.name}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -45,8 +46,9 @@ class WorkerProcess:
     def start(self, timeout: float = 30) -> "WorkerProcess":
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
+            pin = ["taskset", "-c", str(self.cpu)] if self.cpu is not None else []
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sandboxfs", "worker", "--engine", self.endpoint,
+                [*pin, sys.executable, "-m", "sandboxfs", "worker", "--engine", self.endpoint,
                  "--name", self.name, "--concurrency", str(self.concurrency),
                  "--state-dir", str(self.state_dir), "--transport", TRANSPORT,
                  "--log-level", "info", *self.extra],
