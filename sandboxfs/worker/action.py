@@ -50,7 +50,6 @@ OK, CANCELLED, INVALID_ARGUMENT, DEADLINE_EXCEEDED = 0, 1, 3, 4
 FAILED_PRECONDITION, INTERNAL, UNAVAILABLE, DATA_LOSS = 9, 13, 14, 15
 DEFAULT_TIMEOUT = 3600.0
 EXEC_ROOT = "/"  # slots are reused by exec root: one for every worker sandbox
-KILL_GRACE = 0.0  # a timed-out or cancelled action's group is killed at once
 
 
 @attrs.define
