@@ -22,6 +22,7 @@ import pytest
 from bench.bazel_tool import Bazel, BazelUnavailable, bazel_binary, mounts_below, stop_leftovers
 from tests.engine import BuildGrid, EngineUnavailable, PostgreSQL
 
+from .test_bazel import BUILD_FILES as LOCAL_FILES
 from .worker_harness import WorkerProcess, mounted
 
 pytestmark = pytest.mark.fuse
@@ -49,27 +50,8 @@ genrule(name = "prog", srcs = [":lib_o", ":main_o"], outs = ["prog"],
 genrule(name = "run", srcs = [":prog", "//text:sorted"], outs = ["run.txt"],
         cmd = "./$(location :prog) $(location //text:sorted) > $@")
 """,
-    "cc/lib.h": "int count_lines(const char *path);\n",
-    "cc/lib.c": """\
-#include <stdio.h>
-#include "lib.h"
-int count_lines(const char *path) {
-    FILE *f = fopen(path, "r");
-    int c, n = 0;
-    if (!f) return -1;
-    while ((c = fgetc(f)) != EOF) n += c == '\\n';
-    fclose(f);
-    return n;
-}
-""",
-    "cc/main.c": """\
-#include <stdio.h>
-#include "lib.h"
-int main(int argc, char **argv) {
-    printf("%s has %d lines\\n", argv[1], count_lines(argv[1]));
-    return 0;
-}
-""",
+    # The C sources are the local Bazel test's.
+    **{name: LOCAL_FILES[name] for name in ("cc/lib.h", "cc/lib.c", "cc/main.c")},
     "bad/BUILD": """\
 genrule(name = "undeclared", outs = ["leaked.txt"], tags = ["manual"],
         cmd = "cat text/secret.txt > $@")
