@@ -192,6 +192,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_RUN_FAILED
 
 
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    """What ``serve`` and ``worker`` share: the mount's cache time, transport, log level."""
+    p.add_argument("--ttl", type=_seconds_arg, default=60.0, metavar="SECONDS",
+                   help="how long the kernel may cache entries and attributes (default 60)")
+    p.add_argument("--transport", choices=TRANSPORTS, default=None,
+                   help="kernel (default) or pyfuse3")
+    p.add_argument("--log-level", default="warning",
+                   choices=("debug", "info", "warning", "error"))
+
+
 def _add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "serve",
@@ -206,12 +216,7 @@ def _add_serve_parser(subparsers) -> None:
                    help="bytes of pushed content kept for reuse, e.g. 2G (default 8G)")
     p.add_argument("--max-idle-slots", type=int, metavar="N",
                    help="destroyed sandboxes kept for reuse by Merkle diff (default 32)")
-    p.add_argument("--ttl", type=_seconds_arg, default=60.0, metavar="SECONDS",
-                   help="how long the kernel may cache entries and attributes (default 60)")
-    p.add_argument("--transport", choices=TRANSPORTS, default=None,
-                   help="kernel (default) or pyfuse3")
-    p.add_argument("--log-level", default="warning",
-                   choices=("debug", "info", "warning", "error"))
+    _add_server_options(p)
     p.set_defaults(handler=_cmd_serve)
 
 
@@ -243,12 +248,7 @@ def _add_worker_parser(subparsers) -> None:
     p.add_argument("--no-prefetch", action="store_true",
                    help="fetch every file on its first open, never what the same command "
                         "read last time")
-    p.add_argument("--ttl", type=_seconds_arg, default=60.0, metavar="SECONDS",
-                   help="how long the kernel may cache entries and attributes (default 60)")
-    p.add_argument("--transport", choices=TRANSPORTS, default=None,
-                   help="kernel (default) or pyfuse3")
-    p.add_argument("--log-level", default="warning",
-                   choices=("debug", "info", "warning", "error"))
+    _add_server_options(p)
     p.set_defaults(handler=_cmd_worker)
 
 

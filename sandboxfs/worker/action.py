@@ -149,7 +149,7 @@ class ActionRunner:
             self.history.record(key, slot.source.looked_up)
             failed = self.fetcher.failures_since(since, self.slots.file_digests(tree))
             if failed:
-                return _fetch_outcome(failed, outcome)
+                return _fetch_outcome(failed)
             if outcome.result is not None:
                 meta.output_upload_start_timestamp.CopyFrom(_now())
                 await trio.to_thread.run_sync(self._upload, outcome, slot.outputs, command)
@@ -255,7 +255,7 @@ def _input_outcome(kind: str, message: str) -> Outcome:
     return Outcome(code, message)
 
 
-def _fetch_outcome(failed: dict, outcome: Outcome) -> Outcome:
+def _fetch_outcome(failed: dict) -> Outcome:
     """A run that could not read some of its inputs: say which, not only the exit code."""
     kinds = {failure.kind for failure in failed.values()}
     kind = "corrupt" if "corrupt" in kinds else "missing" if "missing" in kinds else "engine"
