@@ -42,7 +42,7 @@ import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sandboxfs.backend.digests import describe_hash
@@ -113,6 +113,8 @@ class ContentStore:
         self.budget_bytes = budget_bytes
         self._cas = self.state_dir / "cas"
         self._tmp = self.state_dir / "tmp"
+        self._cas_prefix = f"{self._cas}/"
+        self._tmp_prefix = f"{self._tmp}/"
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for own in (self._cas, self._tmp):
             if own.exists():
@@ -139,11 +141,11 @@ class ContentStore:
 
     def path(self, digest: str) -> str | None:
         """Where the content of ``digest`` is, while the store holds it."""
-        return str(self._path_of(digest)) if digest in self._entries else None
+        return self._path_of(digest) if digest in self._entries else None
 
     def path_for(self, digest: str) -> str:
         """Where the content of ``digest`` is kept when held (whether or not it is now)."""
-        return str(self._path_of(digest))
+        return self._path_of(digest)
 
     def size(self, digest: str) -> int | None:
         """The size of the content of ``digest``, or None if the store does not hold it."""
@@ -231,7 +233,7 @@ class ContentStore:
             os.close(src)
         self._install(digest, temp, size, single_use, how)
 
-    def _take_copy(self, digest: str, src: int, where: str) -> tuple[Path, int, str]:
+    def _take_copy(self, digest: str, src: int, where: str) -> tuple[str, int, str]:
         """A verified copy of ``src`` in tmp/: its path, its size, and "reflinks" or "copies"."""
         try:
             st = os.fstat(src)
@@ -269,24 +271,25 @@ class ContentStore:
             return True
 
     @contextmanager
-    def _new_file(self, digest: str) -> Iterator[tuple[Path, int]]:
+    def _new_file(self, digest: str) -> Iterator[tuple[str, int]]:
         """A new file in tmp/ (its path and a read-write fd), removed if the block fails."""
-        temp = self._tmp / f"{digest}.{next(self._temp_names)}"
+        temp = f"{self._tmp_prefix}{digest}.{next(self._temp_names)}"  # str: a hot path
         fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             os.fchmod(fd, FILE_MODE)  # exactly 0444, whatever the umask
             yield temp, fd
         except BaseException:
             os.close(fd)
-            temp.unlink(missing_ok=True)
+            with suppress(FileNotFoundError):
+                os.unlink(temp)
             raise
         os.close(fd)
 
-    def _install(self, digest: str, temp: Path, size: int, single_use: bool, how: str) -> None:
+    def _install(self, digest: str, temp: str, size: int, single_use: bool, how: str) -> None:
         with self._lock:
             self._counts[how] += 1
             if digest in self._entries:  # another thread took it in meanwhile
-                temp.unlink()
+                os.unlink(temp)
                 return
             os.rename(temp, self._path_of(digest))
             self._entries[digest] = _Entry(size, single_use)
@@ -302,8 +305,8 @@ class ContentStore:
                 self._rejected[digest] = message
         return InvalidRequestError(message, details={"digest": digest})
 
-    def _path_of(self, digest: str) -> Path:
-        return self._cas / digest[:2] / digest
+    def _path_of(self, digest: str) -> str:
+        return f"{self._cas_prefix}{digest[:2]}/{digest}"
 
     # -- sandboxes ------------------------------------------------------------------------
 

@@ -280,9 +280,9 @@ class Operations:
         # Passthrough (the kernel reads the host file itself) only for read-only
         # mappings, where every open reads, and never while a sandbox is tracked: its
         # reads would not reach the access tracker.  Nodes shared between sandboxes
-        # (``passthrough_min``) keep small files' pages instead (docs/design.md).
+        # (``passes_through``) keep small files' pages instead (docs/design.md).
         backing = (fd if not node.writable and not self.access.logs
-                   and st.st_size >= node.passthrough_min else -1)
+                   and node.passes_through(st.st_size) else -1)
         return Opened(fh, keep_cache=keep, backing_fd=backing)
 
     def create(self, parent: int, name: bytes, mode: int, flags: int,

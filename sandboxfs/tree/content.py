@@ -169,7 +169,7 @@ class CasFile(ContentFile):
     hold it, ``pending_fetch`` returns what fetches it.
     """
 
-    __slots__ = ("digest", "size", "fetcher", "_stat")
+    __slots__ = ("digest", "size", "fetcher", "_stat", "opened_before")
 
     def __init__(self, store_path: bytes, digest: str, size: int, executable: bool,
                  fetcher: Fetcher) -> None:
@@ -178,6 +178,17 @@ class CasFile(ContentFile):
         self.size = size
         self.fetcher = fetcher
         self._stat = _file_stat(self.mode, size)
+        self.opened_before = False
+
+    def passes_through(self, size: int) -> bool:
+        # The first open passes through: content new to the worker is mostly an action's
+        # own input, read once, and passthrough saves its READ round trip (a 10,000-file
+        # root read whole: 2.1 s instead of 2.6-3.3 s).  Later opens -- a toolchain's
+        # headers, action after action -- keep the node's pages: a reopen then costs no
+        # READ and no GETATTR (a passthrough read makes the kernel drop the atime).
+        first = not self.opened_before
+        self.opened_before = True
+        return first or size >= self.passthrough_min
 
     def shown(self, st: os.stat_result) -> os.stat_result:
         return self._stat

@@ -141,6 +141,10 @@ class HostNode(Node):
 
     passthrough_min = 0  # smallest read-only file opened through FUSE passthrough
 
+    def passes_through(self, size: int) -> bool:
+        """Whether this open of the (read-only) file should be FUSE passthrough."""
+        return size >= self.passthrough_min
+
     def __init__(self, writable: bool) -> None:
         super().__init__()
         self.writable = writable

@@ -2,8 +2,9 @@
 
 The input root becomes a backend slot (``backend.slots``) whose leaves are
 ``CasFile`` nodes: nothing is downloaded before the command starts but the
-directory blobs the worker lacks and, for a Command seen before, the files
-it looked up last time (one prefetch of parallel batches).  Every declared
+directory blobs the worker lacks; for a Command seen before, the files it
+looked up then are prefetched in parallel batches while the command runs
+(an open of one still on its way waits for its batch).  Every declared
 output gets a writable scratch parent (REAPI: the worker creates the
 directories leading to outputs, never the outputs themselves), so outputs
 live outside the mount and no other action ever sees them; slots are
@@ -28,6 +29,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
 
 import attrs
@@ -138,14 +140,18 @@ class ActionRunner:
             slot = self.slots.live[sandbox]
             slot.source.looked_up = []
             key = action.command_digest.hash
-            if self.prefetch:
-                wanted = self.history.wanted(key, tree, self.fetcher.store)
-                if wanted:
-                    await trio.to_thread.run_sync(self.fetcher.fetch_many, wanted)
-            meta.input_fetch_completed_timestamp.CopyFrom(_now())
+            wanted = self.history.wanted(key, tree, self.fetcher.store) if self.prefetch else {}
+            meta.input_fetch_completed_timestamp.CopyFrom(_now())  # the prefetch goes on
             self._runs += 1
             logs = os.path.join(self.scratch_root, f"run-{self._runs}")
-            outcome = await self._execute(lease_id, action, command, path, logs, meta)
+            stop = threading.Event()
+            async with trio.open_nursery() as nursery:
+                if wanted:
+                    nursery.start_soon(self._prefetch, wanted, stop)
+                try:
+                    outcome = await self._execute(lease_id, action, command, path, logs, meta)
+                finally:
+                    stop.set()  # what the command did not wait for is not needed now
             self.history.record(key, slot.source.looked_up)
             failed = self.fetcher.failures_since(since, self.slots.file_digests(tree))
             if failed:
@@ -168,6 +174,13 @@ class ActionRunner:
                 for junk in (trash, logs):
                     if junk:
                         await trio.to_thread.run_sync(shutil.rmtree, junk, True)
+
+    async def _prefetch(self, wanted: dict[str, int], stop: threading.Event) -> None:
+        """Fetch ``wanted`` in order until done or ``stop`` (batches under way finish)."""
+        self.fetcher.counts["prefetched"] += len(wanted)
+        await trio.to_thread.run_sync(
+            lambda: self.fetcher.fetch_many(wanted, ordered=True, stop=stop),
+            abandon_on_cancel=True)
 
     def _command(self, action: re.Action) -> re.Command:
         digest = action.command_digest

@@ -27,10 +27,11 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import time
 
 import grpc
 import trio
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 
 from sandboxfs.backend.proto import bots_pb2 as bots
 from sandboxfs.backend.proto import remote_execution_pb2 as re
@@ -146,6 +147,7 @@ class BotSession:
         return None
 
     async def _serve(self, lease: bots.Lease) -> None:
+        started = time.perf_counter_ns()
         lease_id = lease.id
         lease.state = bots.LeaseState.ACTIVE
         outcome: list[Outcome] = []
@@ -191,6 +193,11 @@ class BotSession:
         current.status.code = result.code
         current.status.message = result.message
         if result.result is not None:
+            # The worker's own time, lease in hand to result ready: BuildGrid replaces
+            # worker_start/worker_completed with its own assignment and report times.
+            own = duration_pb2.Duration()
+            own.FromNanoseconds(time.perf_counter_ns() - started)
+            result.result.execution_metadata.auxiliary_metadata.add().Pack(own)
             packed = any_pb2.Any()
             packed.Pack(result.result)
             current.result.CopyFrom(packed)

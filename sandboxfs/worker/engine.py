@@ -170,10 +170,14 @@ class Engine:
             yield response.data
 
     def upload(self, blobs: dict[str, tuple[int, object]]) -> None:
-        """Put blobs the engine lacks: ``{hash: (size, bytes, or a str path to read)}``."""
-        if not blobs:
+        """Put blobs the engine lacks: ``{hash: (size, bytes, or a str path to read)}``.
+
+        The empty blob is never sent (REAPI: a server always has it), so an
+        action with empty stdout, stderr and outputs costs no call at all."""
+        wanted = [digest_of(h, size) for h, (size, _) in blobs.items() if size]
+        if not wanted:
             return
-        missing = self.find_missing(digest_of(h, size) for h, (size, _) in blobs.items())
+        missing = self.find_missing(wanted)
         batch: list[re.BatchUpdateBlobsRequest.Request] = []
         total = 0
         for digest in missing:

@@ -11,8 +11,11 @@
   never served.  Two opens of one digest fetch it once.
 * Prefetch: ``fetch_many`` takes a whole set in parallel batches.  The
   worker uses it for the files an action with the same Command looked up
-  the last time it ran (``ReadHistory``), so a repeated kind of action pays
-  for a few batches instead of a round trip per file.
+  when it ran before (``ReadHistory``), so a repeated kind of action pays
+  for a few batches instead of a round trip per file.  It runs while the
+  command runs, in the order the files were first looked up, with a small
+  first batch: an open of a file still on its way waits for its batch
+  instead of asking again.
 
 A blob that cannot be had (missing from the CAS, wrong bytes, the engine
 failing) fails the open with EIO and is recorded in ``failures`` with the
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 
 EMPTY_HASH = hashlib.sha256(b"").hexdigest()
 PREFETCH_THREADS = 4
+FIRST_BATCH = 64  # blobs in an ordered prefetch's first batch: the command's first opens wait for it
 NOT_FOUND = 5  # google.rpc.Code
 
 
@@ -88,9 +92,12 @@ class CasFetcher:
             why = failure.why if failure else "not fetched"
             raise OSError(errno.EIO, f"input {digest}/{size}: {why}")
 
-    def fetch_many(self, wanted: dict[str, int], threads: int = PREFETCH_THREADS) -> None:
+    def fetch_many(self, wanted: dict[str, int], threads: int = PREFETCH_THREADS, *,
+                   ordered: bool = False, stop: threading.Event | None = None) -> None:
         """Bring every digest of ``wanted`` (hash -> size) into the store; failures are
-        recorded, not raised."""
+        recorded, not raised.  ``ordered``: batches follow ``wanted``'s order (the order
+        the files will be opened in), the first one small.  Once ``stop`` is set, batches
+        not started yet are dropped (an open of one of their blobs then fetches it)."""
         mine: dict[str, int] = {}
         theirs: list[threading.Event] = []
         with self._lock:
@@ -104,13 +111,17 @@ class CasFetcher:
                     self._inflight[digest] = threading.Event()
                     mine[digest] = size
         try:
-            jobs = _plan(mine)
+            jobs = _plan(mine, ordered=ordered)
+
+            def run(job: list[tuple[str, int]]) -> None:
+                if stop is None or not stop.is_set():
+                    self._run_job(job)
             if threads > 1 and len(jobs) > 1:
                 with ThreadPoolExecutor(min(threads, len(jobs))) as pool:
-                    list(pool.map(self._run_job, jobs))
+                    list(pool.map(run, jobs))
             else:
                 for job in jobs:
-                    self._run_job(job)
+                    run(job)
         finally:
             with self._lock:
                 for digest in mine:
@@ -175,19 +186,23 @@ class CasFetcher:
         return {d: recent[d] for d in recent.keys() & set(digests)}
 
 
-def _plan(wanted: dict[str, int]) -> list[list[tuple[str, int]]]:
+def _plan(wanted: dict[str, int], *, ordered: bool = False) -> list[list[tuple[str, int]]]:
     """Batches of small blobs (by total bytes and count), and one job per big blob.  The
-    empty blob needs no engine: it is put at once."""
+    empty blob needs no engine: it is put at once.  By size (fewest batches), or
+    ``ordered``: in ``wanted``'s order, the first batch at most ``FIRST_BATCH`` blobs."""
     jobs: list[list[tuple[str, int]]] = []
     batch: list[tuple[str, int]] = []
     total = 0
-    for digest, size in sorted(wanted.items(), key=lambda item: item[1]):
+    limit = FIRST_BATCH if ordered else BATCH_COUNT
+    items = wanted.items() if ordered else sorted(wanted.items(), key=lambda item: item[1])
+    for digest, size in items:
         if size == 0:
             continue
         if size > BATCH_BLOB_MAX:
             jobs.append([(digest, size)])
             continue
-        if batch and (total + size > BATCH_BYTES or len(batch) >= BATCH_COUNT):
+        if batch and (total + size > BATCH_BYTES or len(batch) >= limit):
+            limit = BATCH_COUNT
             jobs.append(batch)
             batch, total = [], 0
         batch.append((digest, size))
@@ -261,7 +276,12 @@ class CasLeafSource:
 
 
 class ReadHistory:
-    """The files each kind of action (its Command digest) looked up when it last ran."""
+    """The files each kind of action (its Command digest) looked up when it ran before.
+
+    A run's record is added to the earlier ones' (in first-lookup order): a
+    rerun in a reused slot looks up only what changed, since the kernel
+    still holds the other names, and must not make the history forget them.
+    """
 
     def __init__(self, max_commands: int = 4096, max_paths: int = 200_000) -> None:
         self._paths: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
@@ -269,10 +289,19 @@ class ReadHistory:
         self.max_paths = max_paths
 
     def record(self, command: str, paths: list[bytes]) -> None:
+        known = self._paths.get(command)
+        if known:
+            merged = dict.fromkeys(known)
+            merged.update(dict.fromkeys(paths))
+            paths = list(merged)
         self._paths[command] = paths[:self.max_paths]
         self._paths.move_to_end(command)
         while len(self._paths) > self.max_commands:
             self._paths.popitem(last=False)
+
+    def paths(self, command: str) -> list[bytes]:
+        """The recorded paths of ``command``, in first-lookup order."""
+        return list(self._paths.get(command, ()))
 
     def wanted(self, command: str, root: MerkleDir, store: ContentStore) -> dict[str, int]:
         """Digest -> size of the files at the recorded paths of ``command`` in ``root`` that

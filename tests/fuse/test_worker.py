@@ -4,7 +4,7 @@ A REAPI client (``bench.remote_client``) uploads actions and executes them
 as a build tool would; the worker, a real subprocess with a real mount,
 takes the leases.  What is checked: the action ran in a FUSE sandbox of
 its input root, read only what it opened (the rest never came to the
-worker), its outputs and logs came back as REAPI describes them; an
+worker), a second run of its Command got those files prefetched, its outputs and logs came back as REAPI describes them; an
 undeclared input is absent; a missing or corrupted CAS blob fails the
 action with a status naming it and nothing wrong is served; the timeout
 kills the action; actions running side by side never see each other's
@@ -92,6 +92,42 @@ def test_an_action_runs_in_a_fuse_sandbox_and_fetches_only_what_it_reads(worker,
     assert wanted <= held
     assert not others & held, "files the action never opened were fetched"
     assert response.result.execution_metadata.worker == "main"
+
+
+def test_a_command_run_again_gets_what_it_read_last_time_prefetched(worker, client):
+    """The second run of one Command, on new content: the files the first run read come
+    into the store by themselves while the command waits (it looks at the store, not
+    through the mount), with the right bytes; the files it never read stay remote."""
+    script = (b"#!/bin/sh\n"
+              b"for blob in $(cat expect.txt); do\n"  # store paths of what should arrive
+              b"  n=0; while [ ! -e \"$blob\" ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done\n"
+              b"  [ -e \"$blob\" ] && echo arrived || echo missing\n"
+              b"done\n"
+              b"cat lib/file007.txt lib/file011.txt\n")
+    salt = _salt()  # the same Command both times: the history is kept per Command digest
+
+    def inputs(expect: bytes) -> dict:
+        files = {f"lib/file{i:03}.txt": f"content {i} {_salt().hex()}\n".encode()
+                 for i in range(100)}
+        files["tool/run.sh"] = (script, True)
+        files["expect.txt"] = expect
+        return files
+
+    first = inputs(b"")
+    response = client.execute(client.action(["./tool/run.sh"], first, salt=salt))
+    assert response.status.code == OK and response.result.exit_code == 0, response
+    second = inputs(b"")
+    cas = worker.state_dir / "store" / "cas"
+    read = [hashlib.sha256(second[f"lib/file{i:03}.txt"]).hexdigest() for i in (7, 11)]
+    second["expect.txt"] = "".join(f"{cas / h[:2] / h}\n" for h in read).encode()
+    response = client.execute(client.action(["./tool/run.sh"], second, salt=salt))
+    assert response.status.code == OK, response.status.message
+    assert response.result.exit_code == 0, client.read(response.result.stderr_digest)
+    out = _stdout(client, response)
+    assert out == b"arrived\narrived\n" + second["lib/file007.txt"] + second["lib/file011.txt"]
+    unread = {hashlib.sha256(data).hexdigest() for path, data in second.items()
+              if path.startswith("lib/") and path not in ("lib/file007.txt", "lib/file011.txt")}
+    assert not unread & _store_files(worker), "files the first run never read were prefetched"
 
 
 def test_outputs_come_back_as_files_trees_and_symlinks(client):

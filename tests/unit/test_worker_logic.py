@@ -14,8 +14,8 @@ from sandboxfs.backend.store import ContentStore
 from sandboxfs.errors import UsageError
 from sandboxfs.tree.content import CasFile
 from sandboxfs.worker.action import manifest_for, output_paths
-from sandboxfs.worker.engine import BATCH_BLOB_MAX, BATCH_BYTES, grpc_target
-from sandboxfs.worker.fetch import ReadHistory, _plan, put_empty
+from sandboxfs.worker.engine import BATCH_BLOB_MAX, BATCH_BYTES, BATCH_COUNT, grpc_target
+from sandboxfs.worker.fetch import FIRST_BATCH, ReadHistory, _plan, put_empty
 from sandboxfs.worker.outputs import collect_outputs
 from bench.remote_client import build_tree
 
@@ -36,6 +36,18 @@ def test_small_blobs_go_in_batches_under_the_byte_limit_and_big_ones_alone():
     assert sorted(d for job in small for d, _ in job) == sorted(
         d for d, s in wanted.items() if 0 < s <= BATCH_BLOB_MAX)
     assert all(d != "e" * 64 for job in jobs for d, _ in job), "the empty blob needs no fetch"
+
+
+def test_an_ordered_prefetch_keeps_the_lookup_order_with_a_small_first_batch():
+    wanted = {f"{i:064x}": 2000 + (i * 7919) % 2000 for i in range(3000)}
+    wanted["f" * 64] = BATCH_BLOB_MAX + 1
+    jobs = _plan(wanted, ordered=True)
+    small = [job for job in jobs if job[0][1] <= BATCH_BLOB_MAX]
+    assert len(small[0]) == FIRST_BATCH
+    assert all(len(job) <= BATCH_COUNT and sum(s for _, s in job) <= BATCH_BYTES for job in small)
+    order = [d for job in small for d, _ in job]
+    assert order == [d for d, s in wanted.items() if s <= BATCH_BLOB_MAX]
+    assert [("f" * 64, BATCH_BLOB_MAX + 1)] in jobs
 
 
 def test_outputs_are_relative_to_the_working_directory_and_parents_become_writable():
@@ -98,6 +110,14 @@ def test_read_history_wants_only_what_the_store_lacks_at_the_recorded_paths(tmp_
     history.record("cmd", [b"a/x", b"a/y", b"gone/w", b"a"])
     assert history.wanted("cmd", tree, store) == {_sha(b"1"): 1}
     assert history.wanted("other", tree, store) == {}
+
+
+def test_a_rerun_that_looks_up_less_keeps_what_earlier_runs_looked_up():
+    history = ReadHistory()
+    history.record("cmd", [b"a/x", b"a/y"])
+    history.record("cmd", [])  # a reused slot: the kernel still held every name
+    history.record("cmd", [b"b/z", b"a/y"])
+    assert history.paths("cmd") == [b"a/x", b"a/y", b"b/z"]
 
 
 class _Fetcher:
