@@ -248,6 +248,10 @@ def _add_worker_parser(subparsers) -> None:
     p.add_argument("--no-prefetch", action="store_true",
                    help="fetch every file on its first open, never what the same command "
                         "read last time")
+    p.add_argument("--confine", action="store_true",
+                   help="run each action in namespaces of its own, in a root holding only its "
+                        "sandbox, the system directories (read-only), a private /proc, /dev "
+                        "and /tmp, and no network")
     _add_server_options(p)
     p.set_defaults(handler=_cmd_worker)
 

@@ -9,8 +9,12 @@ When the command exits, PID 1 exits with its status and the kernel kills
 everything else in the PID namespace; the keeper passes the status on.
 
 The sandbox must already contain (empty) directories ``proc``, ``dev`` and
-``tmp`` to mount on: ``run`` maps them.  Mounts happen in the new mount
-namespace only; the host and the sandboxfs server see none of them.
+``tmp`` to mount on: ``run`` maps them.  Or, with ``binds`` (``sandboxfs
+worker --confine``), ``root`` is any empty directory: a tmpfs of the
+namespace's own goes on it, and the binds are all it shows (the worker's
+sandbox and the host's system directories, read-only but the sandbox).
+Mounts happen in the new mount namespace only; the host and the sandboxfs
+server see none of them.
 
 Why a keeper: PID 1 of a new PID namespace must be a child of the process
 that unshared, and the caller (``sandboxfs run``) must stay in the host's
@@ -45,9 +49,11 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
+MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
@@ -125,10 +131,36 @@ def _loopback_up() -> None:
         sock.close()
 
 
-def _make_root(root: str) -> None:
-    """Mount /proc, /dev and /tmp inside ``root`` and make it ``/``."""
+Bind = tuple[str, str, bool]  # host path, path inside the new root, writable
+
+
+def _bind(source: str, target: str, writable: bool) -> None:
+    """``source`` at ``target`` (made in the new root's tmpfs); a symlink is copied as one."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.islink(source):  # /lib -> usr/lib on a merged-/usr system
+        os.symlink(os.readlink(source), target)
+        return
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    _mount(source, target, None, MS_BIND | MS_REC)
+    if not writable:
+        # A remount may not drop what the source mount has (a user namespace refuses it).
+        kept = os.statvfs(source).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | kept)
+
+
+def _make_root(root: str, binds: Sequence[Bind] = ()) -> None:
+    """Mount /proc, /dev and /tmp inside ``root`` and make it ``/``; with ``binds``, ``root``
+    is first an empty tmpfs, then the binds go in (after /tmp: one may lie under it)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks to the host
-    _mount(root, root, None, MS_BIND | MS_REC)  # pivot_root needs a mount point
+    if binds:
+        _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        for name in SANDBOX_DIRS:
+            os.mkdir(f"{root}/{name}", 0o755)
+    else:
+        _mount(root, root, None, MS_BIND | MS_REC)  # pivot_root needs a mount point
     _mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _mount("tmpfs", f"{root}/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
     for name in DEVICES:
@@ -138,6 +170,8 @@ def _make_root(root: str) -> None:
     for name, target in DEV_LINKS.items():
         os.symlink(target, f"{root}/dev/{name}")
     _mount("tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for source, target, writable in binds:
+        _bind(source, root + target, writable)
     if _SYS_PIVOT_ROOT is None:
         raise SetupError(f"pivot_root: unknown syscall number on {os.uname().machine}")
     os.chdir(root)
@@ -147,7 +181,7 @@ def _make_root(root: str) -> None:
 
 
 def _pid1(root: str, cwd: str, argv: Sequence[str], env: Mapping[str, str], network: bool,
-          keeper_alive: int, report_fd: int) -> int:
+          binds: Sequence[Bind], keeper_alive: int, report_fd: int) -> int:
     """PID 1 of the namespace: set up the root, run the command, pass its status on."""
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # getppid() is 0 in a new PID namespace, so ask the pipe whose write end
@@ -155,7 +189,7 @@ def _pid1(root: str, cwd: str, argv: Sequence[str], env: Mapping[str, str], netw
     if select.select([keeper_alive], [], [], 0)[0]:
         return SETUP_FAILED
     os.close(keeper_alive)
-    _make_root(root)
+    _make_root(root, binds)
     if not network:
         _loopback_up()
     try:
@@ -208,7 +242,7 @@ def exit_code(status: int) -> int:
 
 
 def _keeper(root: str, cwd: str, argv: Sequence[str], env: Mapping[str, str], network: bool,
-            report_fd: int) -> int:
+            binds: Sequence[Bind], report_fd: int) -> int:
     uid, gid = os.getuid(), os.getgid()
     user = os.geteuid() != 0
     flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
@@ -223,7 +257,8 @@ def _keeper(root: str, cwd: str, argv: Sequence[str], env: Mapping[str, str], ne
     pid1 = os.fork()
     if pid1 == 0:
         os.close(alive_write)
-        _run_child(_pid1, report_fd, root, cwd, argv, env, network, alive_read, report_fd)
+        _run_child(_pid1, report_fd, root, cwd, argv, env, network, binds, alive_read,
+                   report_fd)
     os.close(alive_read)
     os.close(report_fd)
     _forward_signals(pid1)
@@ -249,8 +284,9 @@ def _run_child(body, report_fd: int, *args) -> None:
 
 
 def spawn(root: str, cwd: str, argv: Sequence[str], env: Mapping[str, str],
-          network: bool = False) -> tuple[int, int]:
+          network: bool = False, binds: Sequence[Bind] = ()) -> tuple[int, int]:
     """Start ``argv`` confined to ``root``; returns (keeper pid, read end of the error pipe).
+    With ``binds``, ``root`` is an empty directory and the binds are all the new root shows.
 
     Read the pipe to EOF: empty means the command started (or failed to exec,
     which it reports itself with status 126/127); otherwise it holds why
@@ -261,6 +297,6 @@ def spawn(root: str, cwd: str, argv: Sequence[str], env: Mapping[str, str],
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
-        _run_child(_keeper, write_fd, root, cwd, argv, env, network, write_fd)
+        _run_child(_keeper, write_fd, root, cwd, argv, env, network, binds, write_fd)
     os.close(write_fd)
     return pid, read_fd

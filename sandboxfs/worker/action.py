@@ -12,7 +12,9 @@ reused by Merkle diff as for ``sandboxfs serve``.
 
 The command runs with exactly the Command's environment, in its working
 directory, in a session of its own (the whole process group is killed at
-the timeout or when the lease is cancelled).  Its stdout and stderr go to
+the timeout or when the lease is cancelled); with ``confine``, through
+``worker.confined`` in namespaces whose root shows only its sandbox and the
+system directories.  Its stdout and stderr go to
 scratch files and up as blobs.
 
 Outcomes (``Outcome``): an ActionResult with status OK for any exit code;
@@ -25,10 +27,12 @@ malformed action; UNAVAILABLE when the engine failed meanwhile.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 
@@ -98,7 +102,8 @@ class ActionRunner:
 
     def __init__(self, engine: Engine, fetcher: CasFetcher, directories: DirectoryStore,
                  slots: Slots, invalidate, scratch_root: str, worker_name: str,
-                 history: ReadHistory | None = None, *, prefetch: bool = True) -> None:
+                 history: ReadHistory | None = None, *, prefetch: bool = True,
+                 confine: bool = False) -> None:
         self.engine = engine
         self.fetcher = fetcher
         self.directories = directories
@@ -108,6 +113,7 @@ class ActionRunner:
         self.worker_name = worker_name
         self.history = history if history is not None else ReadHistory()
         self.prefetch = prefetch
+        self.confine = confine
         self._runs = 0
 
     async def run(self, lease_id: str, action: re.Action) -> Outcome:
@@ -210,12 +216,19 @@ class ActionRunner:
         stdout_path, stderr_path = os.path.join(logs, "stdout"), os.path.join(logs, "stderr")
         result = re.ActionResult()
         code, message = OK, ""
+        argv, run_env = list(command.arguments), env
+        if self.confine:
+            root = os.path.join(logs, "root")  # empty: the namespace mounts a tmpfs on it
+            os.mkdir(root)
+            spec = {"root": root, "cwd": cwd, "argv": argv, "env": env, "sandbox": sandbox_path}
+            argv, run_env = [sys.executable, "-m", "sandboxfs.worker.confined",
+                             json.dumps(spec)], {}
         meta.execution_start_timestamp.CopyFrom(_now())
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
             try:
                 with trio.move_on_after(timeout) as deadline:
                     process = await trio.run_process(
-                        list(command.arguments), cwd=cwd, env=env, stdin=b"",
+                        argv, cwd=cwd, env=run_env, stdin=b"",
                         stdout=out, stderr=err, check=False, start_new_session=True,
                         deliver_cancel=_kill_group)
                     result.exit_code = process.returncode

@@ -74,7 +74,7 @@ class Worker:
         self.runner = ActionRunner(self.engine, self.fetcher, self.directories, self.slots,
                                    reconfigurer.kernel.invalidate, scratch,
                                    worker_name=args.name, history=ReadHistory(),
-                                   prefetch=not args.no_prefetch)
+                                   prefetch=not args.no_prefetch, confine=args.confine)
         self.sessions = [BotSession(self.engine, self.runner, f"{args.name}/{index}")
                          for index in range(args.concurrency)]
 
