@@ -38,9 +38,6 @@ from sandboxfs.tree.mapping import Mapping
 
 # What --map-system maps read-only: the toolchain's directories, and /etc
 # entry by entry without credentials and keys.
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-ETC_SECRETS = frozenset({"shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d",
-                         "ssh", "ssl", "security", "subuid", "subgid", "machine-id"})
 
 
 class _Interrupted(Exception):
@@ -65,11 +62,7 @@ class RunConfig:
 
 def system_mappings() -> list[Mapping]:
     """The host's toolchain, read-only, for ``--map-system``."""
-    mappings = [Mapping.of(path, path, False) for path in SYSTEM_DIRS if os.path.lexists(path)]
-    for name in sorted(os.listdir("/etc")):
-        if name not in ETC_SECRETS:
-            mappings.append(Mapping.of(f"/etc/{name}", f"/etc/{name}", False))
-    return mappings
+    return [Mapping.of(path, path, False) for path in confine.system_paths()]
 
 
 def _mapped(mappings: Sequence[Mapping], path: str) -> bool:

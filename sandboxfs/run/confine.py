@@ -66,6 +66,10 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
              "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
 SANDBOX_DIRS = ("proc", "dev", "tmp")
+# The host's toolchain (``sandboxfs run --map-system``, ``sandboxfs worker --confine``).
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_SECRETS = frozenset({"shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d",
+                         "ssh", "ssl", "security", "subuid", "subgid", "machine-id"})
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -132,6 +136,13 @@ def _loopback_up() -> None:
 
 
 Bind = tuple[str, str, bool]  # host path, path inside the new root, writable
+
+
+def system_paths() -> list[str]:
+    """The host's system directories and ``/etc``'s entries but its secrets, as they exist."""
+    paths = [path for path in SYSTEM_DIRS if os.path.lexists(path)]
+    paths += [f"/etc/{name}" for name in sorted(os.listdir("/etc")) if name not in ETC_SECRETS]
+    return paths
 
 
 def _bind(source: str, target: str, writable: bool) -> None:

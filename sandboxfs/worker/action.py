@@ -13,7 +13,7 @@ reused by Merkle diff as for ``sandboxfs serve``.
 The command runs with exactly the Command's environment, in its working
 directory, in a session of its own (the whole process group is killed at
 the timeout or when the lease is cancelled); with ``confine``, through
-``worker.confined`` in namespaces whose root shows only its sandbox and the
+``run.confined`` in namespaces whose root shows only its sandbox and the
 system directories.  Its stdout and stderr go to
 scratch files and up as blobs.
 
@@ -221,7 +221,7 @@ class ActionRunner:
             root = os.path.join(logs, "root")  # empty: the namespace mounts a tmpfs on it
             os.mkdir(root)
             spec = {"root": root, "cwd": cwd, "argv": argv, "env": env, "sandbox": sandbox_path}
-            argv, run_env = [sys.executable, "-m", "sandboxfs.worker.confined",
+            argv, run_env = [sys.executable, "-m", "sandboxfs.run.confined",
                              json.dumps(spec)], {}
         meta.execution_start_timestamp.CopyFrom(_now())
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
