@@ -30,7 +30,7 @@ import trio
 from sandboxfs.control.framing import DEFAULT_MAX_MESSAGE_SIZE
 from sandboxfs.control.reconfig import Reconfigurer
 from sandboxfs.control.server import ControlServer, bind_control_socket, remove_socket_file
-from sandboxfs.errors import MountError, describe_oserror
+from sandboxfs.errors import MountError, UsageError, describe_oserror
 from sandboxfs.fs.operations import KernelCache, Operations
 from sandboxfs.tree.groups import DEFAULT_BUDGET_BYTES, GroupStore
 from sandboxfs.tree.mapping import Mapping
@@ -61,6 +61,7 @@ class MountConfig:
     transport: str = "kernel"  # kernel | pyfuse3 (TRANSPORTS)
     passthrough: bool = True   # kernel transport: FUSE passthrough where the kernel allows it
     spin_us: float | None = None  # kernel transport: polling before sleeping (None: its default)
+    no_open: bool = False  # kernel transport: FUSE no_open (fs.inode_files, docs/design.md)
     # After a shutdown signal: 0 detaches the mount lazily at once; more tries a
     # plain unmount every UNMOUNT_RETRY_INTERVAL for this many seconds while the
     # mount is busy, serving meanwhile, then detaches it (the 0.2 front end).
@@ -90,12 +91,16 @@ def default_transport() -> str:
 def make_transport(config: MountConfig, ops: Operations):
     """The transport the config names; only pyfuse3's loads libfuse."""
     if config.transport == "pyfuse3":
+        if config.no_open:
+            raise UsageError("--no-open needs the kernel transport: pyfuse3 cannot read "
+                             "by inode")
         from sandboxfs.fuse.pyfuse3_transport import Pyfuse3Transport
 
         return Pyfuse3Transport(ops)
     from sandboxfs.fuse.kernel.transport import KernelTransport
 
-    return KernelTransport(ops, passthrough=config.passthrough, spin_us=config.spin_us)
+    return KernelTransport(ops, passthrough=config.passthrough, spin_us=config.spin_us,
+                           no_open=config.no_open)
 
 
 # A service runs beside the FUSE loop until cancelled; started with nursery.start.

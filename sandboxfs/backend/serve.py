@@ -88,7 +88,7 @@ def run_serve(args: argparse.Namespace) -> int:
         directories = DirectoryStore()
         config = mount.MountConfig(
             mount_point=mount_point, ttl=args.ttl,
-            transport=args.transport or mount.default_transport(),
+            transport=args.transport or mount.default_transport(), no_open=args.no_open,
         )
         services: list[BackendService] = []
 

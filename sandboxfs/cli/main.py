@@ -86,6 +86,10 @@ def _add_mount_parser(subparsers) -> None:
                    "pyfuse3: through libfuse (default: %(default)s, or $SANDBOXFS_TRANSPORT)")
     p.add_argument("--no-passthrough", action="store_true",
                    help="kernel transport: serve reads ourselves instead of FUSE passthrough")
+    p.add_argument("--no-open", action="store_true",
+                   help="kernel transport: FUSE no_open, the kernel opens files without asking "
+                   "(a reopen costs no request; a write to a read-only file fails at write(), "
+                   "not at open(); no passthrough: docs/design.md)")
     p.add_argument("--spin-us", type=float, default=None, metavar="MICROSECONDS",
                    help="kernel transport: after answering, poll for the next request this "
                    "long before sleeping (default: 0 = never, or $SANDBOXFS_SPIN_US; 50 is a good "
@@ -124,6 +128,7 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         transport=args.transport,
         passthrough=not args.no_passthrough,
         spin_us=args.spin_us,
+        no_open=args.no_open,
     )
     run(config)
     return EXIT_OK  # a signal or an external unmount is the normal end of `mount`
@@ -198,6 +203,10 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
                    help="how long the kernel may cache entries and attributes (default 60)")
     p.add_argument("--transport", choices=TRANSPORTS, default=None,
                    help="kernel (default) or pyfuse3")
+    p.add_argument("--no-open", action="store_true",
+                   help="kernel transport: FUSE no_open, the kernel opens files without asking "
+                   "(a reopen costs no request; a write to a read-only file fails at write(), "
+                   "not at open(); no passthrough: docs/design.md)")
     p.add_argument("--log-level", default="warning",
                    choices=("debug", "info", "warning", "error"))
 

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from sandboxfs.fs import host_io
 from sandboxfs.fs.access import CREATE, LIST, LOOKUP, OPEN, READ, REMOVE, WRITE, AccessTracker
 from sandboxfs.fs.host_calls import on_host_object, set_attributes
+from sandboxfs.fs.inode_files import InodeFiles
 from sandboxfs.fs.inodes import Handle, InodeTable
 from sandboxfs.fs.interface import AddEntry, Context, Entry, Opened, SetAttr
 from sandboxfs.tree.host_entries import HostEntry, renameat2
@@ -76,6 +77,7 @@ class Operations:
         # ``if self.access.logs`` (an empty dict while no sandbox is tracked:
         # one C-level truth test per request, no Python call).
         self.access = AccessTracker()
+        self.inode_files = InodeFiles(self)  # used only by a no-open session (--no-open)
 
     # -- attributes --------------------------------------------------------------------
 
@@ -137,6 +139,14 @@ class Operations:
 
     def forget(self, ino: int, nlookup: int) -> None:
         self.inodes.forget(ino, nlookup)
+        if self.inode_files:
+            node = self.inodes.get(ino)
+            if node is not None and not node.lookups:
+                self.inode_files.forgotten(ino)
+
+    def inode_fh(self, ino: int, writing: bool = False) -> int:
+        """A no-open session's handle for reading (or writing) ``ino`` (``InodeFiles``)."""
+        return self.inode_files.fh(ino, writing)
 
     def getattr(self, ino: int, fh: int | None = None, ctx: Context | None = None) -> Entry:
         node = self.inodes[ino]

@@ -115,7 +115,8 @@ def run_worker(args: argparse.Namespace) -> int:
         store = ContentStore(os.path.join(state_dir, "store"), budget)
         put_empty(store)
         config = mount.MountConfig(mount_point=mount_point, ttl=args.ttl,
-                                   transport=args.transport or mount.default_transport())
+                                   transport=args.transport or mount.default_transport(),
+                                   no_open=args.no_open)
 
         def services_for(reconfigurer: "Reconfigurer"):
             worker = Worker(args, state_dir, store, scratch, reconfigurer)

@@ -24,6 +24,7 @@ import collections
 import errno
 import logging
 import os
+import resource
 import select
 import struct
 import time
@@ -104,8 +105,9 @@ class KernelTransport:
     name = "kernel"
 
     def __init__(self, ops: Operations, *, passthrough: bool = True,
-                 spin_us: float | None = None) -> None:
+                 spin_us: float | None = None, no_open: bool = False) -> None:
         self.ops = ops
+        self.no_open = no_open  # answer OPEN ENOSYS: the kernel then opens files without us
         if spin_us is None:
             spin_us = float(os.environ.get("SANDBOXFS_SPIN_US", DEFAULT_SPIN_US))
         self.spin_ns = int(spin_us * 1000)
@@ -138,6 +140,9 @@ class KernelTransport:
         self.mount_point = mount_point
         self._mounted_as = device.mounted_device(self._real_path)
         device.set_nonblocking(self.fd)
+        if self.no_open:  # a host fd per inode the kernel holds (fs.inode_files)
+            _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     def unmount(self) -> None:
         """Detach our mount, close the device.
@@ -235,13 +240,15 @@ class KernelTransport:
                 counts[names.get(opcode, "unknown")] += 1
                 ctx = Context(uid, gid, pid)
                 if opcode == wire.READ:
-                    self._read(nursery, unique, buf)
+                    self._read(nursery, unique, nodeid, buf)
                 elif opcode == wire.WRITE:
                     self._answer(unique, table[opcode], nodeid, ctx,
                                  view[wire.IN_HEADER_SIZE:min(n, length)])
                 elif opcode == wire.FSYNC or opcode == wire.FSYNCDIR:
-                    nursery.start_soon(self._fsync, unique, opcode,
+                    nursery.start_soon(self._fsync, unique, opcode, nodeid,
                                        bytes(view[wire.IN_HEADER_SIZE:n]))
+                elif opcode == wire.OPEN and self.no_open:
+                    self._reply_error(unique, errno.ENOSYS)  # the first OPEN, and the last
                 elif opcode == wire.OPEN and (fetch := self.ops.fetch_for(nodeid)) is not None:
                     nursery.start_soon(self._open_after, fetch, unique, table[opcode], nodeid,
                                        ctx, bytes(view[wire.IN_HEADER_SIZE:min(n, length)]))
@@ -292,9 +299,15 @@ class KernelTransport:
 
     # -- requests that may block -----------------------------------------------------
 
-    def _read(self, nursery: trio.Nursery, unique: int, buf: bytearray) -> None:
+    def _read(self, nursery: trio.Nursery, unique: int, nodeid: int, buf: bytearray) -> None:
         try:
             fh, offset, size, _ = wire.READ_IN.unpack_from(buf, wire.IN_HEADER_SIZE)
+            if not fh:  # a no-open session: by inode, once its content is here
+                fetch = self.ops.fetch_for(nodeid)
+                if fetch is not None:
+                    nursery.start_soon(self._read_after, fetch, unique, nodeid, offset, size)
+                    return
+                fh = self.ops.inode_fh(nodeid)
             data = self.ops.read_nowait(fh, offset, size)
         except Exception as exc:
             self._reply_error(unique, errno_of(exc, "read"))
@@ -325,6 +338,17 @@ class KernelTransport:
             return
         self._reply_data(unique, data)
 
+    async def _read_after(self, fetch, unique: int, nodeid: int, offset: int,
+                          size: int) -> None:
+        """READ of a no-open session's file whose content is still remote: fetch, then read."""
+        try:
+            await trio.to_thread.run_sync(fetch, limiter=FETCH_THREADS, abandon_on_cancel=True)
+            fh = self.ops.inode_fh(nodeid)
+        except Exception as exc:
+            self._reply_error(unique, errno_of(exc, "read"))
+            return
+        await self._read_in_thread(unique, fh, offset, size)
+
     async def _open_after(self, fetch, unique: int, handler, nodeid: int, ctx: Context,
                           data: bytes) -> None:
         """OPEN of a file whose content is still remote: fetch it in a thread, then open."""
@@ -335,11 +359,13 @@ class KernelTransport:
             return
         self._answer(unique, handler, nodeid, ctx, data)
 
-    async def _fsync(self, unique: int, opcode: int, data: bytes) -> None:
+    async def _fsync(self, unique: int, opcode: int, nodeid: int, data: bytes) -> None:
         """FSYNC and FSYNCDIR: they wait for the disk, so in a worker thread."""
         sync = self.ops.fsync if opcode == wire.FSYNC else self.ops.fsyncdir
         try:
             fh, flags = wire.FSYNC_IN.unpack_from(data)
+            if not fh and opcode == wire.FSYNC:  # a no-open session
+                fh = self.ops.inode_fh(nodeid)
             await trio.to_thread.run_sync(sync, fh, bool(flags & wire.FSYNC_FDATASYNC),
                                           limiter=THREADS, abandon_on_cancel=True)
         except Exception as exc:
@@ -360,7 +386,9 @@ class KernelTransport:
             self._reply_error(unique, errno.EPROTO)
             return
         offered = flags | (flags2 << 32 if flags & wire.INIT_EXT else 0)
-        want = (wire.ASYNC_READ | wire.ATOMIC_O_TRUNC | wire.BIG_WRITES | wire.AUTO_INVAL_DATA
+        # Without OPEN nobody would truncate at open(O_TRUNC): the kernel must send SETATTR.
+        atomic_trunc = 0 if self.no_open else wire.ATOMIC_O_TRUNC
+        want = (wire.ASYNC_READ | atomic_trunc | wire.BIG_WRITES | wire.AUTO_INVAL_DATA
                 | wire.DO_READDIRPLUS | wire.READDIRPLUS_AUTO | wire.ASYNC_DIO
                 | wire.PARALLEL_DIROPS | wire.HANDLE_KILLPRIV | wire.MAX_PAGES | wire.INIT_EXT)
         if self.want_passthrough and os.geteuid() == 0 and minor >= 40:

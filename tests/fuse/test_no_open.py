@@ -1,0 +1,118 @@
+"""``--no-open`` (FUSE no_open) on real mounts of our kernel transport.
+
+The first OPEN is answered ENOSYS; from then on the kernel opens files
+without asking and reads and writes by inode.  What must hold: reads return
+the host's bytes, and a reopen of a file whose pages the kernel holds costs
+no request (after one GETATTR: a READ makes the kernel drop the atime); writes and O_TRUNC reach the host file exactly (no stale tail);
+a write to a read-only mapping fails (at write(), or at open() when the
+open truncates) and leaves the host file alone.  pyfuse3 refuses the flag.
+These tests start their mounts with ``--transport kernel`` themselves, in
+both runs of the suite.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandboxfs.client import Client
+
+from .harness import is_mounted
+
+pytestmark = pytest.mark.fuse
+
+
+def _counts(point: Path) -> dict:
+    with Client(point.with_name(point.name + ".sock")) as client:
+        return client.stats()["fuse_ops"]
+
+
+def _host(workdir: Path) -> Path:
+    host = workdir / "host"
+    (host / "src").mkdir(parents=True)
+    (host / "out").mkdir()
+    for i in range(50):
+        (host / "src" / f"h{i}.h").write_bytes(f"header {i}\n".encode() * 40)
+    return host
+
+
+def test_reads_come_by_inode_and_a_reopen_costs_no_request(sandboxfs_mount, workdir):
+    host = _host(workdir)
+    mount = sandboxfs_mount(["--transport", "kernel", "--no-open",
+                             "--mapping", f"ro:/src:{host / 'src'}"])
+    src = mount.mount_point / "src"
+    for i in range(50):
+        assert (src / f"h{i}.h").read_bytes() == (host / "src" / f"h{i}.h").read_bytes()
+    first = _counts(mount.mount_point)
+    assert first.get("open", 0) <= 1, first  # the one answered ENOSYS
+    assert first.get("read", 0) >= 50, first
+    for i in range(50):  # a READ made the kernel drop the atime: one GETATTR each, once
+        (src / f"h{i}.h").read_bytes()
+    first = _counts(mount.mount_point)
+    for _ in range(3):
+        for i in range(50):
+            assert (src / f"h{i}.h").read_bytes() == (host / "src" / f"h{i}.h").read_bytes()
+    again = _counts(mount.mount_point)
+    for op in ("open", "read", "lookup", "release", "getattr"):
+        assert again.get(op, 0) == first.get(op, 0), (op, first, again)
+
+
+def test_writes_and_truncating_opens_reach_the_host_file_exactly(sandboxfs_mount, workdir):
+    host = _host(workdir)
+    mount = sandboxfs_mount(["--transport", "kernel", "--no-open",
+                             "--mapping", f"rw:/out:{host / 'out'}"])
+    out = mount.mount_point / "out"
+    (host / "out" / "f.txt").write_bytes(b"A" * 10_000)
+    assert (out / "f.txt").read_bytes() == b"A" * 10_000
+    with open(out / "f.txt", "r+b") as f:  # an existing file: written by inode
+        f.seek(100)
+        f.write(b"middle")
+    assert (host / "out" / "f.txt").read_bytes() == b"A" * 100 + b"middle" + b"A" * 9_894
+    with open(out / "f.txt", "wb") as f:  # O_TRUNC: the kernel must truncate first
+        f.write(b"short")
+    assert (host / "out" / "f.txt").read_bytes() == b"short"
+    assert (out / "f.txt").read_bytes() == b"short"
+    with open(out / "f.txt", "ab") as f:
+        f.write(b"+tail")
+    assert (host / "out" / "f.txt").read_bytes() == b"short+tail"
+    (out / "new.txt").write_bytes(b"created")  # CREATE still answers a handle of its own
+    assert (host / "out" / "new.txt").read_bytes() == b"created"
+    os.truncate(out / "new.txt", 3)
+    assert (host / "out" / "new.txt").read_bytes() == b"cre"
+
+
+def test_a_write_to_a_read_only_mapping_fails_and_leaves_the_host_file_alone(sandboxfs_mount,
+                                                                             workdir):
+    host = _host(workdir)
+    original = (host / "src" / "h1.h").read_bytes()
+    mount = sandboxfs_mount(["--transport", "kernel", "--no-open",
+                             "--mapping", f"ro:/src:{host / 'src'}"])
+    target = mount.mount_point / "src" / "h1.h"
+    fd = os.open(target, os.O_WRONLY)  # the kernel no longer asks us at open()
+    try:
+        with pytest.raises(OSError) as info:
+            os.write(fd, b"overwrite")
+        assert info.value.errno in (errno.EROFS, errno.EPERM), info.value
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        os.open(target, os.O_WRONLY | os.O_TRUNC)  # truncation asks us: refused at open()
+    assert info.value.errno in (errno.EROFS, errno.EPERM), info.value
+    assert (host / "src" / "h1.h").read_bytes() == original
+    assert target.read_bytes() == original
+
+
+def test_pyfuse3_refuses_no_open_with_a_clear_error(workdir):
+    point = workdir / "mnt"
+    point.mkdir()
+    done = subprocess.run([sys.executable, "-m", "sandboxfs", "mount", "--transport", "pyfuse3",
+                           "--no-open", "--no-control", str(point)],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0
+    assert "--no-open needs the kernel transport" in done.stderr, done.stderr
+    assert not is_mounted(point)
