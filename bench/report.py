@@ -183,7 +183,9 @@ def _io_section(data: dict, plots: Path) -> str:
         "## 3. I/O: native vs sandboxfs vs bindfs",
         "The same host directory seen natively, through sandboxfs (a read-only mapping, and a "
         "read-write one for the writes; `--ttl 60`) on our kernel transport (*sandboxfs*) and on "
-        f"pyfuse3 (*sandboxfs_pyfuse3*), and through bindfs (`-o {data['bindfs_options']}`). "
+        f"pyfuse3 (*sandboxfs_pyfuse3*), on our kernel transport with `--no-open` "
+        f"(*sandboxfs_no_open*, where present), and through bindfs "
+        f"(`-o {data['bindfs_options']}`). "
         "Fresh files each round: "
         "*first* = never looked at through that layer (host page cache warm), *repeated* = "
         "immediately again. Ratio = sandboxfs (kernel transport) vs bindfs per round, oriented "
@@ -199,8 +201,8 @@ def _plot_io(data: dict, path: Path) -> None:
     rows = data["rows"]
     cols = 4
     fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(13, 9), dpi=100)
-    colors = {"native": "tab:gray", "sandboxfs": "tab:blue", "sandboxfs_pyfuse3": "tab:cyan",
-              "bindfs": "tab:orange"}
+    colors = {"native": "tab:gray", "sandboxfs": "tab:blue", "sandboxfs_no_open": "tab:green",
+              "sandboxfs_pyfuse3": "tab:cyan", "bindfs": "tab:orange"}
     for ax, r in zip(axes.flat, rows):
         vals = [r["layers"][l]["median"] or 0 for l in data["layers"]]
         bars = ax.bar(data["layers"], vals, color=[colors[l] for l in data["layers"]])

@@ -1,9 +1,11 @@
-"""Scenario 3: raw I/O through the layers: native directory, sandboxfs (both transports), bindfs.
+"""Scenario 3: raw I/O through the layers: native directory, sandboxfs (both transports, and
+``--no-open``), bindfs.
 
 All show the same host directory: sandboxfs as a read-only mapping (and a
 read-write one for writes) in one sandbox of the shared mount, which runs our
-kernel transport (--ttl 60), and as the same mappings of a second mount on the
-pyfuse3 transport; bindfs with its caches on (see mounts.BINDFS_OPTIONS).
+kernel transport (--ttl 60), as the same mappings of a second mount on the
+pyfuse3 transport and of a third on the kernel transport with ``--no-open``;
+bindfs with its caches on (see mounts.BINDFS_OPTIONS).
 Server CPU per FUSE request is each sandboxfs server's CPU time (from /proc)
 over the requests it counted, across the scenario.  Each round creates fresh files on the host, so "first"
 means never looked at through that layer (the host page cache is warm: we
@@ -21,7 +23,7 @@ from bench import mounts, tree
 from sandboxfs.client import Client
 from bench.measure import Progress, Timer, paired_ratio, rounds, summary
 
-LAYERS = ("native", "sandboxfs", "sandboxfs_pyfuse3", "bindfs")
+LAYERS = ("native", "sandboxfs", "sandboxfs_no_open", "sandboxfs_pyfuse3", "bindfs")
 CHUNK = 1 << 20
 
 # metric -> (unit, better): "higher" for throughput, "lower" for latency
@@ -107,11 +109,16 @@ def run(env, config, progress: Progress) -> dict:
     bind = env.start(mounts.bindfs(env.workdir, data))
     other = env.start(mounts.sandboxfs(env.workdir, [f"ro:/data:{data}", f"rw:/w:{written}"],
                                        name="sandboxfs-pyfuse3", transport="pyfuse3"))
+    no_open = env.start(mounts.sandboxfs(env.workdir, [f"ro:/data:{data}", f"rw:/w:{written}"],
+                                         name="sandboxfs-no-open", extra=("--no-open",)))
     roots = {"native": data, "sandboxfs": env.mount.mount_point / "io" / "data",
+             "sandboxfs_no_open": no_open.mount_point / "data",
              "sandboxfs_pyfuse3": other.mount_point / "data", "bindfs": bind.mount_point}
     write_roots = {"native": written, "sandboxfs": env.mount.mount_point / "io" / "w",
+                   "sandboxfs_no_open": no_open.mount_point / "w",
                    "sandboxfs_pyfuse3": other.mount_point / "w", "bindfs": bind.mount_point / "w"}
     servers = {"sandboxfs": (env.mount, Client(env.mount.socket)),
+               "sandboxfs_no_open": (no_open, Client(no_open.socket)),
                "sandboxfs_pyfuse3": (other, Client(other.socket))}
     before = {name: _server_load(child, client) for name, (child, client) in servers.items()}
     block = os.urandom(CHUNK)
@@ -172,6 +179,7 @@ def run(env, config, progress: Progress) -> dict:
         for _child, client in servers.values():
             client.close()
         other.stop()
+        no_open.stop()
         bind.stop()
     rows = []
     for metric, (unit, better) in METRICS.items():
