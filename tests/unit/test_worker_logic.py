@@ -15,7 +15,7 @@ from sandboxfs.errors import UsageError
 from sandboxfs.tree.content import CasFile
 from sandboxfs.worker.action import manifest_for, output_paths
 from sandboxfs.worker.engine import BATCH_BLOB_MAX, BATCH_BYTES, BATCH_COUNT, grpc_target
-from sandboxfs.worker.fetch import FIRST_BATCH, ReadHistory, _plan, put_empty
+from sandboxfs.worker.fetch import FIRST_BATCH, CasFetcher, ReadHistory, _plan, put_empty
 from sandboxfs.worker.outputs import collect_outputs
 from bench.remote_client import build_tree
 
@@ -118,6 +118,31 @@ def test_a_rerun_that_looks_up_less_keeps_what_earlier_runs_looked_up():
     history.record("cmd", [])  # a reused slot: the kernel still held every name
     history.record("cmd", [b"b/z", b"a/y"])
     assert history.paths("cmd") == [b"a/x", b"a/y", b"b/z"]
+
+
+def test_each_miss_in_a_directory_reads_ahead_more_of_the_files_after_it(tmp_path):
+    files = {f"d/f{i:02}": f"{i}".encode() * (i + 1) for i in range(40)}
+    blobs: dict = {}
+    root = build_tree(files, blobs)
+    directories = DirectoryStore()
+    for digest, (_size, data) in blobs.items():
+        if data not in files.values():
+            directories.add(digest, data)
+    tree = directories.resolve(root.hash, root.size_bytes).root
+    directory = tree.entries[b"d"]
+    store = ContentStore(tmp_path / "store")
+    fetcher = CasFetcher(engine=None, store=store)
+    leaf = {name: entry for name, entry in directory.entries.items()}
+    for name, entry in leaf.items():
+        fetcher.note_place(entry.digest, directory, name)
+    store.put_inline(leaf[b"f02"].digest, files["d/f02"])  # held: never read ahead
+    assert fetcher._readahead(leaf[b"f00"].digest) == {}, "a first miss fetches only itself"
+    second = fetcher._readahead(leaf[b"f00"].digest)
+    assert list(second) == [leaf[b"f01"].digest, leaf[b"f03"].digest, leaf[b"f04"].digest]
+    third = fetcher._readahead(leaf[b"f10"].digest)
+    assert list(third) == [leaf[f"f{i:02}".encode()].digest for i in range(11, 26)]
+    assert fetcher._readahead(leaf[b"f39"].digest) == {}, "nothing after the last file"
+    assert fetcher._readahead("0" * 64) == {}, "a digest never looked up"
 
 
 class _Fetcher:
