@@ -109,10 +109,12 @@ def test_tiny_run_produces_every_scenario_and_report(tmp_path):
     assert {r["strategy"] for r in sc["actions"]["rows"]} == {
         "in_place", "symlink_py", "symlink_cp", "hardlink", "sandboxfs", "sandboxfs_reuse"}
     assert sc["actions"]["outputs_identical"], sc["actions"]["mismatches"]
-    assert set(sc["io"]["server_cpu_us_per_request"]) == {"sandboxfs", "sandboxfs_pyfuse3"}
+    assert set(sc["io"]["server_cpu_us_per_request"]) == {"sandboxfs", "sandboxfs_no_open",
+                                                          "sandboxfs_pyfuse3"}
     assert all(us > 0 for us in sc["io"]["server_cpu_us_per_request"].values())
     for row in sc["io"]["rows"]:
-        assert set(row["layers"]) == {"native", "sandboxfs", "sandboxfs_pyfuse3", "bindfs"}
+        assert set(row["layers"]) == {"native", "sandboxfs", "sandboxfs_no_open",
+                                      "sandboxfs_pyfuse3", "bindfs"}
         assert all(v["n"] == 2 for v in row["layers"].values())
     assert sc["scale"]["memory"] and sc["scale"]["cycles"]["loaded"]["per_second"] > 0
     backend = sc["backend"]
