@@ -9,11 +9,13 @@
   come in ``BatchReadBlobs`` batches, big ones through ByteStream straight
   into the store; each is hashed before it is kept, so wrong bytes are
   never served.  Two opens of one digest fetch it once.
-* Read-ahead: a file fetched on open brings along the missing files after
-  it in its directory (``fetch``), a number that grows with each miss in
-  that directory (0, 3, 15, 63, then 255), so an action reading a few files
-  pays a round trip for each and one reading the whole directory pays a
-  handful per directory instead of one per file.
+* Read-ahead: when the files of a directory are opened in order (each miss
+  the first missing file after the last one fetched there), a miss brings
+  along the missing files after it (``fetch``), more each time: 3, 15, 63,
+  then 255.  A file opened out of order comes alone and starts over, so an
+  action reading a few files pays a round trip for each and fetches nothing
+  more, and one reading whole directories pays a handful per directory
+  instead of one per file.
 * Prefetch: ``fetch_many`` takes a whole set in parallel batches.  The
   worker uses it for the files an action with the same Command looked up
   when it ran before (``ReadHistory``), so a repeated kind of action pays
@@ -56,8 +58,9 @@ EMPTY_HASH = hashlib.sha256(b"").hexdigest()
 PREFETCH_THREADS = 4
 FIRST_BATCH = 64  # blobs in an ordered prefetch's first batch: the command's first opens wait for it
 READAHEAD_MAX = 255  # siblings fetched along with a miss, at most
-READAHEAD_GROWTH = 4  # each miss in a directory brings 4x as many siblings as the last
-MAX_DIRECTORIES_TRACKED = 100_000  # directories whose misses are counted, before starting over
+READAHEAD_FIRST = 3  # siblings fetched along with the first miss that follows another in order
+READAHEAD_GROWTH = 4  # then each miss in order brings 4x as many
+MAX_DIRECTORIES_TRACKED = 100_000  # directories whose read-ahead is tracked, before starting over
 NOT_FOUND = 5  # google.rpc.Code
 
 
@@ -88,7 +91,8 @@ class CasFetcher:
         self.failures: dict[str, Failure] = {}
         self.counts: collections.Counter[str] = collections.Counter()
         self._place: dict[str, tuple[MerkleDir, bytes]] = {}  # digest -> where last looked up
-        self._misses: dict[str, int] = {}  # directory digest -> files fetched on open in it
+        # directory digest -> (name of the last file fetched there, read-ahead last time)
+        self._ahead: dict[str, tuple[bytes, int]] = {}
 
     def held_path(self, digest: str) -> str | None:
         return self.store.path(digest)
@@ -147,37 +151,55 @@ class CasFetcher:
             event.wait()
 
     def _readahead(self, digest: str) -> dict[str, int]:
-        """The missing files after ``digest``'s name in its directory, as many as this
-        directory's misses so far call for; none in flight (an open must not wait for them)."""
+        """The missing files to fetch with a miss of ``digest``: those after its name in
+        its directory when the miss follows the last one there in order, more each time;
+        none in flight (an open must not wait for them)."""
         place = self._place.get(digest)
         if place is None:
             return {}
         directory, name = place
+        entries = directory.entries
         with self._lock:
-            if len(self._misses) >= MAX_DIRECTORIES_TRACKED:
-                self._misses.clear()
-            misses = self._misses.get(directory.digest, 0)
-            self._misses[directory.digest] = misses + 1
-            budget = min(READAHEAD_MAX, READAHEAD_GROWTH ** misses - 1)
-            if budget <= 0:
-                return {}
+            if len(self._ahead) >= MAX_DIRECTORIES_TRACKED:
+                self._ahead.clear()
+            last = self._ahead.get(directory.digest)
+            budget = 0
+            if last is not None and self._follows(entries, last[0], name):
+                budget = min(READAHEAD_MAX, last[1] * READAHEAD_GROWTH + READAHEAD_FIRST)
             found: dict[str, int] = {}
             total = 0
-            after = False
-            for entry_name, leaf in directory.entries.items():  # sorted by name
-                if not after:
-                    after = entry_name == name
-                    continue
-                if (type(leaf) is not FileLeaf or not 0 < leaf.size <= BATCH_BLOB_MAX
-                        or leaf.digest in found or leaf.digest in self._inflight
-                        or leaf.digest in self.store):
-                    continue
-                found[leaf.digest] = leaf.size
-                total += leaf.size
-                if len(found) >= budget or total >= BATCH_BYTES:
-                    break
+            end = name
+            if budget:
+                after = False
+                for entry_name, leaf in entries.items():  # sorted by name
+                    if not after:
+                        after = entry_name == name
+                        continue
+                    if (type(leaf) is not FileLeaf or not 0 < leaf.size <= BATCH_BLOB_MAX
+                            or leaf.digest in found or leaf.digest in self._inflight
+                            or leaf.digest in self.store):
+                        continue
+                    found[leaf.digest] = leaf.size
+                    total += leaf.size
+                    end = entry_name
+                    if len(found) >= budget or total >= BATCH_BYTES:
+                        break
+            self._ahead[directory.digest] = (end, budget)
         self.counts["readahead"] += len(found)
         return found
+
+    def _follows(self, entries: dict, last: bytes, name: bytes) -> bool:
+        """Whether ``name`` comes after ``last`` with only held files (or no files) between."""
+        if name <= last:
+            return False
+        for entry_name, leaf in entries.items():
+            if entry_name <= last:
+                continue
+            if entry_name == name:
+                return True
+            if type(leaf) is FileLeaf and leaf.digest not in self.store:
+                return False
+        return False
 
     def _run_job(self, job: list[tuple[str, int]]) -> None:
         if len(job) == 1 and job[0][1] > BATCH_BLOB_MAX:

@@ -120,7 +120,7 @@ def test_a_rerun_that_looks_up_less_keeps_what_earlier_runs_looked_up():
     assert history.paths("cmd") == [b"a/x", b"a/y", b"b/z"]
 
 
-def test_each_miss_in_a_directory_reads_ahead_more_of_the_files_after_it(tmp_path):
+def test_misses_in_order_read_ahead_more_each_time_and_a_jump_starts_over(tmp_path):
     files = {f"d/f{i:02}": f"{i}".encode() * (i + 1) for i in range(40)}
     blobs: dict = {}
     root = build_tree(files, blobs)
@@ -128,20 +128,27 @@ def test_each_miss_in_a_directory_reads_ahead_more_of_the_files_after_it(tmp_pat
     for digest, (_size, data) in blobs.items():
         if data not in files.values():
             directories.add(digest, data)
-    tree = directories.resolve(root.hash, root.size_bytes).root
-    directory = tree.entries[b"d"]
+    directory = directories.resolve(root.hash, root.size_bytes).root.entries[b"d"]
     store = ContentStore(tmp_path / "store")
     fetcher = CasFetcher(engine=None, store=store)
-    leaf = {name: entry for name, entry in directory.entries.items()}
-    for name, entry in leaf.items():
-        fetcher.note_place(entry.digest, directory, name)
-    store.put_inline(leaf[b"f02"].digest, files["d/f02"])  # held: never read ahead
-    assert fetcher._readahead(leaf[b"f00"].digest) == {}, "a first miss fetches only itself"
-    second = fetcher._readahead(leaf[b"f00"].digest)
-    assert list(second) == [leaf[b"f01"].digest, leaf[b"f03"].digest, leaf[b"f04"].digest]
-    third = fetcher._readahead(leaf[b"f10"].digest)
-    assert list(third) == [leaf[f"f{i:02}".encode()].digest for i in range(11, 26)]
-    assert fetcher._readahead(leaf[b"f39"].digest) == {}, "nothing after the last file"
+    digest = {int(name[1:]): leaf.digest for name, leaf in directory.entries.items()}
+    for name, leaf in directory.entries.items():
+        fetcher.note_place(leaf.digest, directory, name)
+
+    def fetched(*numbers: int) -> None:  # as a fetch would leave the store
+        for n in numbers:
+            store.put_inline(digest[n], files[f"d/f{n:02}"])
+
+    store.put_inline(digest[2], files["d/f02"])  # held already: never read ahead
+    assert fetcher._readahead(digest[0]) == {}, "a first miss fetches only itself"
+    fetched(0)
+    assert list(fetcher._readahead(digest[1])) == [digest[3], digest[4], digest[5]]
+    fetched(1, 3, 4, 5)
+    assert list(fetcher._readahead(digest[6])) == [digest[n] for n in range(7, 22)]
+    fetched(6, *range(7, 22))
+    assert fetcher._readahead(digest[30]) == {}, "a jump over missing files starts over"
+    fetched(30)
+    assert fetcher._readahead(digest[35]) == {}, "sparse reads never read ahead"
     assert fetcher._readahead("0" * 64) == {}, "a digest never looked up"
 
 
