@@ -116,3 +116,36 @@ def test_pyfuse3_refuses_no_open_with_a_clear_error(workdir):
     assert done.returncode != 0
     assert "--no-open needs the kernel transport" in done.stderr, done.stderr
     assert not is_mounted(point)
+
+
+def test_a_worker_with_no_open_fetches_on_read_and_writes_its_outputs(tmp_path):
+    """``sandboxfs worker --no-open``: a CAS file's content is fetched at its first READ
+    (there is no OPEN to fetch it at), and outputs written by inode come back."""
+    from bench.remote_client import RemoteClient
+    from tests.engine import BuildGrid, EngineUnavailable, PostgreSQL
+
+    from .worker_harness import WorkerProcess
+
+    script = b"#!/bin/sh\ncat lib/a.txt lib/b.txt\nmkdir -p out\ncat lib/a.txt > out/copy.txt\n"
+    inputs = {"lib/a.txt": os.urandom(5000), "lib/b.txt": b"bee\n", "lib/unread.txt": b"x",
+              "tool/run.sh": (script, True)}
+    try:
+        with PostgreSQL() as pg, BuildGrid(pg, tmp_path / "engine") as grid, \
+                WorkerProcess(grid.endpoint, tmp_path / "state", name="no-open",
+                              extra=("--transport", "kernel", "--no-open")):
+            client = RemoteClient(grid.endpoint)
+            try:
+                response = client.execute(client.action(
+                    ["./tool/run.sh"], inputs, output_files=("out/copy.txt",),
+                    salt=os.urandom(8)))
+                assert response.status.code == 0, response.status.message
+                assert response.result.exit_code == 0, client.read(
+                    response.result.stderr_digest)
+                assert client.read(response.result.stdout_digest) == (
+                    inputs["lib/a.txt"] + inputs["lib/b.txt"])
+                (out,) = response.result.output_files
+                assert client.read(out.digest) == inputs["lib/a.txt"]
+            finally:
+                client.close()
+    except EngineUnavailable as exc:
+        pytest.fail(f"BuildGrid could not be started: {exc}")
