@@ -47,12 +47,12 @@ class InodeFiles:
             fh = table[ino] = self.ops.open(ino, os.O_RDWR if writing else os.O_RDONLY).fh
         return fh
 
-    def forgotten(self, ino: int) -> None:
-        """The kernel forgot ``ino``: release its files."""
+    def forget(self, ino: int) -> None:
+        """The kernel dropped references to ``ino``: once it holds none, release its files."""
+        node = self.ops.inodes.get(ino)
+        if node is None or node.lookups:
+            return
         for table in (self._readers, self._writers):
             fh = table.pop(ino, None)
             if fh is not None:
                 self.ops.release(fh)
-
-    def __len__(self) -> int:
-        return len(self._readers) + len(self._writers)

@@ -77,7 +77,7 @@ class Operations:
         # ``if self.access.logs`` (an empty dict while no sandbox is tracked:
         # one C-level truth test per request, no Python call).
         self.access = AccessTracker()
-        self.inode_files = InodeFiles(self)  # used only by a no-open session (--no-open)
+        self.inode_files: InodeFiles | None = None  # a no-open session's (--no-open)
 
     # -- attributes --------------------------------------------------------------------
 
@@ -139,13 +139,13 @@ class Operations:
 
     def forget(self, ino: int, nlookup: int) -> None:
         self.inodes.forget(ino, nlookup)
-        if self.inode_files:
-            node = self.inodes.get(ino)
-            if node is not None and not node.lookups:
-                self.inode_files.forgotten(ino)
+        if self.inode_files is not None:
+            self.inode_files.forget(ino)
 
     def inode_fh(self, ino: int, writing: bool = False) -> int:
         """A no-open session's handle for reading (or writing) ``ino`` (``InodeFiles``)."""
+        if self.inode_files is None:
+            self.inode_files = InodeFiles(self)
         return self.inode_files.fh(ino, writing)
 
     def getattr(self, ino: int, fh: int | None = None, ctx: Context | None = None) -> Entry:
