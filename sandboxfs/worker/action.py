@@ -14,8 +14,8 @@ The command runs with exactly the Command's environment, in its working
 directory, in a session of its own (the whole process group is killed at
 the timeout or when the lease is cancelled); with ``confine``, through
 ``run.confined`` in namespaces whose root shows only its sandbox and the
-system directories.  Its stdout and stderr go to
-scratch files and up as blobs.
+system directories.  Its stdout and stderr go to scratch files and up as
+blobs.
 
 Outcomes (``Outcome``): an ActionResult with status OK for any exit code;
 DEADLINE_EXCEEDED (with the partial result) at the timeout; FAILED_PRECONDITION

@@ -107,7 +107,7 @@ class CasFetcher:
         self.counts["on_open"] += 1
         wanted = {digest: size}
         wanted.update(self._readahead(digest))
-        self.fetch_many(wanted, threads=1, ordered=True)
+        self.fetch_many(wanted, threads=1)  # one batch: the open waits for all of it
         if self.store.path(digest) is None:
             failure = self.failures.get(digest)
             why = failure.why if failure else "not fetched"
