@@ -5,7 +5,9 @@ without asking and reads and writes by inode.  What must hold: reads return
 the host's bytes, and a reopen of a file whose pages the kernel holds costs
 no request (after one GETATTR: a READ makes the kernel drop the atime); writes and O_TRUNC reach the host file exactly (no stale tail);
 a write to a read-only mapping fails (at write(), or at open() when the
-open truncates) and leaves the host file alone.  pyfuse3 refuses the flag.
+open truncates) and leaves the host file alone; a file replaced on the host
+shows as the new file once its entry expires, and one unlinked while open
+still answers fstat and reads.  pyfuse3 refuses the flag.
 These tests start their mounts with ``--transport kernel`` themselves, in
 both runs of the suite.
 """
@@ -16,6 +18,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,6 +108,43 @@ def test_a_write_to_a_read_only_mapping_fails_and_leaves_the_host_file_alone(san
     assert info.value.errno in (errno.EROFS, errno.EPERM), info.value
     assert (host / "src" / "h1.h").read_bytes() == original
     assert target.read_bytes() == original
+
+
+def test_a_host_file_replaced_behind_the_mount_is_seen_once_its_entry_expires(
+        sandboxfs_mount, workdir):
+    """A rename over a file on the host: once the kernel's entry expires (``--ttl``) the
+    name leads to a new inode, so the new file's size and bytes show and writes reach it."""
+    host = _host(workdir)
+    mount = sandboxfs_mount(["--transport", "kernel", "--no-open", "--ttl", "0.5",
+                             "--mapping", f"ro:/src:{host / 'src'}",
+                             "--mapping", f"rw:/out:{host / 'out'}"])
+    for side, name in (("src", "h3.h"), ("out", "w.txt")):
+        (host / side / name).write_bytes(b"old content\n")
+        seen = mount.mount_point / side / name
+        assert seen.read_bytes() == b"old content\n"
+        replacement = host / side / f".{name}.new"
+        replacement.write_bytes(b"the new file, longer than the old one\n")
+        os.rename(replacement, host / side / name)
+        time.sleep(1.2)  # past --ttl: the kernel looks the name up again
+        assert seen.stat().st_size == len(b"the new file, longer than the old one\n")
+        assert seen.read_bytes() == b"the new file, longer than the old one\n"
+    with open(mount.mount_point / "out" / "w.txt", "r+b") as f:
+        f.write(b"THE")
+    assert (host / "out" / "w.txt").read_bytes() == b"THE new file, longer than the old one\n"
+
+
+def test_a_file_unlinked_while_open_still_answers_fstat_and_reads(sandboxfs_mount, workdir):
+    host = _host(workdir)
+    mount = sandboxfs_mount(["--transport", "kernel", "--no-open",
+                             "--mapping", f"rw:/out:{host / 'out'}"])
+    path = mount.mount_point / "out" / "gone.txt"
+    path.write_bytes(b"still here\n")
+    with open(path, "rb") as f:
+        assert f.read(5) == b"still"
+        os.unlink(path)
+        assert not (host / "out" / "gone.txt").exists()
+        assert os.fstat(f.fileno()).st_size == len(b"still here\n")
+        assert f.read() == b" here\n"
 
 
 def test_pyfuse3_refuses_no_open_with_a_clear_error(workdir):
