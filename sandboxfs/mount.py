@@ -31,7 +31,8 @@ from sandboxfs.control.framing import DEFAULT_MAX_MESSAGE_SIZE
 from sandboxfs.control.reconfig import Reconfigurer
 from sandboxfs.control.server import ControlServer, bind_control_socket, remove_socket_file
 from sandboxfs.errors import MountError, UsageError, describe_oserror
-from sandboxfs.fs.operations import KernelCache, Operations
+from sandboxfs.fs.kernel_cache import KernelCache
+from sandboxfs.fs.operations import Operations
 from sandboxfs.tree.groups import DEFAULT_BUDGET_BYTES, GroupStore
 from sandboxfs.tree.mapping import Mapping
 from sandboxfs.tree.sandboxes import Tree

@@ -4,7 +4,7 @@ The ``Reconfigurer`` is what the control server (and the 0.2 compatibility
 front end) talks to.  It has one handler per op of ``requests.OPS``, named
 after the op.  It sees the kernel only through a ``KernelCache`` (one method:
 invalidate these entries), so it is tested against a recording fake and used
-for real with ``fs.operations.KernelCache``.
+for real with ``fs.kernel_cache.KernelCache``.
 
 Large requests are checked and built off the event loop: a 100,000-mapping
 create_sandbox spends tens of milliseconds in Python, and the loop also

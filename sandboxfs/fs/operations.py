@@ -487,18 +487,3 @@ class Operations:
         node = self._writable_node(ino)
         self._on_xattr_object(node, lambda target: os.removexattr(target, name), errno.EPERM)
 
-
-class KernelCache:
-    """Tells the kernel to drop cached entries after the tree changed (through a transport).
-
-    Entries under a directory the kernel does not know need no invalidation
-    and are skipped; the transport's notifier does the rest off its loop.
-    """
-
-    def __init__(self, notifier: Any) -> None:
-        self.notifier = notifier
-
-    async def invalidate(self, entries: list[tuple[Node, bytes]]) -> None:
-        targets = [(parent.ino, name) for parent, name in entries if parent.ino and parent.lookups]
-        if targets:
-            await self.notifier.invalidate_entries(targets)
