@@ -63,6 +63,7 @@ class MountConfig:
     passthrough: bool = True   # kernel transport: FUSE passthrough where the kernel allows it
     spin_us: float | None = None  # kernel transport: polling before sleeping (None: its default)
     no_open: bool = False  # kernel transport: FUSE no_open (fs.inode_files, docs/design.md)
+    shared_inodes: bool = True  # one kernel inode per read-only host file (fs.shared_files)
     # After a shutdown signal: 0 detaches the mount lazily at once; more tries a
     # plain unmount every UNMOUNT_RETRY_INTERVAL for this many seconds while the
     # mount is busy, serving meanwhile, then detaches it (the 0.2 front end).
@@ -286,7 +287,8 @@ def run(
     """
     tree = Tree(config.mappings)  # raises MappingError before anything is mounted
     prepare_mount_point(config.mount_point)
-    ops = Operations(tree, ttl=config.ttl, xattrs=config.xattrs)
+    ops = Operations(tree, ttl=config.ttl, xattrs=config.xattrs,
+                     shared_inodes=config.shared_inodes)
     transport = make_transport(config, ops)
     reconfigurer = Reconfigurer(
         tree,

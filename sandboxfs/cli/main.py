@@ -90,6 +90,9 @@ def _add_mount_parser(subparsers) -> None:
                    help="kernel transport: FUSE no_open, the kernel opens files without asking "
                    "(a reopen costs no request; a write to a read-only file fails at write(), "
                    "not at open(); no passthrough: docs/design.md)")
+    p.add_argument("--no-shared-inodes", action="store_true",
+                   help="give each sandbox's read-only files inodes of their own instead of one "
+                   "kernel inode per host file across sandboxes (docs/design.md)")
     p.add_argument("--spin-us", type=float, default=None, metavar="MICROSECONDS",
                    help="kernel transport: after answering, poll for the next request this "
                    "long before sleeping (default: 0 = never, or $SANDBOXFS_SPIN_US; 50 is a good "
@@ -129,6 +132,7 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         passthrough=not args.no_passthrough,
         spin_us=args.spin_us,
         no_open=args.no_open,
+        shared_inodes=not args.no_shared_inodes,
     )
     run(config)
     return EXIT_OK  # a signal or an external unmount is the normal end of `mount`

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from sandboxfs.fs.interface import ROOT_INODE, StaleError
+from sandboxfs.fs.shared_files import SharedFile
 from sandboxfs.tree.nodes import FoundNode, Node
 
 
@@ -97,8 +98,11 @@ class InodeTable:
 
     def _drop(self, node: Node) -> None:
         del self._nodes[node.ino]
-        if type(node) is FoundNode and node.parent is not None:
+        kind = type(node)
+        if kind is FoundNode and node.parent is not None:
             node.parent.forget_known(node)
+        elif kind is SharedFile:
+            node.unshare()
 
     # -- handles ---------------------------------------------------------------------
 

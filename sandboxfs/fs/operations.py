@@ -32,6 +32,7 @@ from sandboxfs.fs.host_calls import on_host_object, set_attributes
 from sandboxfs.fs.inode_files import InodeFiles
 from sandboxfs.fs.inodes import Handle, InodeTable
 from sandboxfs.fs.interface import AddEntry, Context, Entry, Opened, SetAttr
+from sandboxfs.fs.shared_files import SharedFiles
 from sandboxfs.tree.host_entries import HostEntry, renameat2
 from sandboxfs.tree.content import ContentDir, VirtualSymlink
 from sandboxfs.tree.lookup import list_directory, lookup, stat_of
@@ -59,7 +60,8 @@ def _writes(flags: int) -> bool:
 class Operations:
     """Serves a ``Tree``: the filesystem as every transport sees it."""
 
-    def __init__(self, tree: Tree, *, ttl: float = 60.0, xattrs: bool = False) -> None:
+    def __init__(self, tree: Tree, *, ttl: float = 60.0, xattrs: bool = False,
+                 shared_inodes: bool = True) -> None:
         self.tree = tree
         self.inodes = InodeTable(tree.root)
         self.ttl = float(ttl)
@@ -78,6 +80,8 @@ class Operations:
         # one C-level truth test per request, no Python call).
         self.access = AccessTracker()
         self.inode_files: InodeFiles | None = None  # a no-open session's (--no-open)
+        # One kernel inode per read-only host file across sandboxes (fs.shared_files).
+        self.shared = SharedFiles() if shared_inodes else None
 
     # -- attributes --------------------------------------------------------------------
 
@@ -132,7 +136,10 @@ class Operations:
                 self.access.missing(parent, name)
             # A negative entry: the kernel caches the miss for entry_timeout.
             return Entry(0, None, self.ttl, 0.0)
-        entry = self._entry(*found)
+        node, st = found
+        if self.shared is not None and not self.access.logs:
+            node = self.shared.node_for(node, st)
+        entry = self._entry(node, st)
         if self.access.logs:
             self.access.entry(parent, name, entry.ino, LOOKUP)
         return entry

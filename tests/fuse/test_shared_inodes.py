@@ -1,0 +1,121 @@
+"""One kernel inode per read-only host file across sandboxes (``fs.shared_files``).
+
+What must hold: a regular file reached through read-only mappings of any
+sandbox (a directory mapping or a mapping of the file itself) shows one
+inode number; a read-write mapping, a directory, a tracked sandbox and
+``--no-shared-inodes`` get inodes of their own; destroying the sandbox that
+first looked the file up leaves the others reading it; and an open never
+reads a file that replaced the shared one under *another* sandbox's path.
+These run on both transports (the sharing lives in the operations).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from sandboxfs.control.client import Client
+
+pytestmark = pytest.mark.fuse
+
+
+def _client(mount) -> Client:
+    return Client(str(mount.mount_point) + ".sock")
+
+
+@pytest.fixture
+def host(workdir: Path) -> Path:
+    host = workdir / "host"
+    (host / "inc").mkdir(parents=True)
+    (host / "inc" / "a.h").write_text("int a;\n")
+    (host / "inc" / "b.h").write_text("int b;\n")
+    return host
+
+
+def test_a_read_only_file_has_one_inode_in_every_sandbox(sandboxfs_mount, host):
+    mount = sandboxfs_mount()
+    inc = str(host / "inc")
+    with _client(mount) as client:
+        one = Path(client.create_sandbox("one", [("/inc", inc, False)])["path"])
+        two = Path(client.create_sandbox("two", [("/inc", inc, False)])["path"])
+        alone = Path(client.create_sandbox("alone", [("/x/a.h", inc + "/a.h", False)])["path"])
+        rw = Path(client.create_sandbox("rw", [("/inc", inc, True)])["path"])
+        shared = os.stat(one / "inc" / "a.h").st_ino
+        assert os.stat(two / "inc" / "a.h").st_ino == shared
+        assert os.stat(alone / "x" / "a.h").st_ino == shared  # a file mapping joins it too
+        assert os.stat(rw / "inc" / "a.h").st_ino != shared  # read-write: its own
+        assert os.stat(two / "inc" / "b.h").st_ino != shared  # another file
+        assert os.stat(one / "inc").st_ino != os.stat(two / "inc").st_ino  # never a directory
+        assert (two / "inc" / "a.h").read_text() == (alone / "x" / "a.h").read_text() == "int a;\n"
+        (rw / "inc" / "a.h").write_text("int a2;\n")  # through its own inode, to the host
+        assert (host / "inc" / "a.h").read_text() == "int a2;\n"
+
+
+def test_no_shared_inodes_gives_each_sandbox_its_own(sandboxfs_mount, host):
+    mount = sandboxfs_mount(["--no-shared-inodes"])
+    inc = str(host / "inc")
+    with _client(mount) as client:
+        one = Path(client.create_sandbox("one", [("/inc", inc, False)])["path"])
+        two = Path(client.create_sandbox("two", [("/inc", inc, False)])["path"])
+        assert os.stat(one / "inc" / "a.h").st_ino != os.stat(two / "inc" / "a.h").st_ino
+
+
+def test_a_tracked_sandbox_sees_its_own_reads(sandboxfs_mount, host):
+    mount = sandboxfs_mount(["--ttl", "600"])
+    inc = str(host / "inc")
+    with _client(mount) as client:
+        plain = Path(client.create_sandbox("plain", [("/inc", inc, False)])["path"])
+        assert (plain / "inc" / "a.h").read_text() == "int a;\n"
+        tracked = Path(client.create_sandbox("t", [("/inc", inc, False)],
+                                             track_access=True)["path"])
+        assert (tracked / "inc" / "a.h").read_text() == "int a;\n"
+        assert os.stat(tracked / "inc" / "a.h").st_ino != os.stat(plain / "inc" / "a.h").st_ino
+        report = client.destroy_sandbox("t")["access_report"]
+    assert "inc/a.h" in str(report), report
+
+
+def test_destroying_the_first_sandbox_leaves_the_file_to_the_others(sandboxfs_mount, host):
+    mount = sandboxfs_mount()
+    inc = str(host / "inc")
+    with _client(mount) as client:
+        first = Path(client.create_sandbox("first", [("/inc", inc, False)])["path"])
+        second = Path(client.create_sandbox("second", [("/inc", inc, False)])["path"])
+        ino = os.stat(first / "inc" / "a.h").st_ino  # first's node becomes the shared one
+        with open(second / "inc" / "a.h", "rb") as held:
+            assert os.fstat(held.fileno()).st_ino == ino
+            client.destroy_sandbox("first")
+            assert not (first / "inc").exists()
+            assert held.read() == b"int a;\n"
+        for _ in range(3):  # reopened, after the sandbox that found it is gone
+            assert (second / "inc" / "a.h").read_bytes() == b"int a;\n"
+        assert os.stat(second / "inc" / "a.h").st_ino == ino
+
+
+def test_an_open_never_reads_a_file_that_replaced_it_under_another_path(sandboxfs_mount,
+                                                                        workdir):
+    """Two host paths, hard links of one file; one sandbox maps each.  The file
+    is replaced (renamed over) under the second path after both looked it up:
+    the first sandbox's path still names the old file, so its open must read
+    it, not the newcomer reached through the other sandbox's path.  Once the
+    entry expires (``--ttl``), the second sandbox sees its new file."""
+    left, right = workdir / "left", workdir / "right"
+    left.mkdir()
+    right.mkdir()
+    (left / "f").write_text("old\n")
+    os.link(left / "f", right / "f")
+    mount = sandboxfs_mount(["--ttl", "1"])
+    with _client(mount) as client:
+        a = Path(client.create_sandbox("a", [("/d", str(left), False)])["path"])
+        b = Path(client.create_sandbox("b", [("/d", str(right), False)])["path"])
+        ino = os.stat(a / "d" / "f").st_ino
+        assert os.stat(b / "d" / "f").st_ino == ino  # b is now the latest place
+        (right / "new").write_text("new\n")
+        os.rename(right / "new", right / "f")
+        assert (a / "d" / "f").read_text() == "old\n"
+        time.sleep(1.5)  # the kernel's entries expire
+        assert (b / "d" / "f").read_text() == "new\n"
+        assert os.stat(b / "d" / "f").st_ino != ino
+        assert (a / "d" / "f").read_text() == "old\n"
