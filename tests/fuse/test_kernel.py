@@ -6,8 +6,11 @@ names; these tests start their mounts with ``--transport kernel`` themselves.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -19,6 +22,7 @@ import trio
 from sandboxfs.client import Client
 from sandboxfs.fs.operations import Operations
 from sandboxfs.fuse.kernel import device
+from sandboxfs.fuse.kernel import transport as kernel_transport
 from sandboxfs.fuse.kernel.transport import KernelTransport
 from sandboxfs.tree.mapping import Mapping
 from sandboxfs.tree.sandboxes import Tree
@@ -165,7 +169,7 @@ def test_a_mount_made_where_ours_was_is_left_alone(sandboxfs_mount, workdir):
     assert not is_mounted(point)
 
 
-@pytest.mark.parametrize("spin_us, polls", [("50", True), ("0", False)])
+@pytest.mark.parametrize("spin_us, polls", [("500", True), ("0", False)])
 def test_polling_before_sleeping_serves_the_same_answers(sandboxfs_mount, workdir, spin_us, polls):
     host = workdir / "host"
     host.mkdir()
@@ -181,3 +185,140 @@ def test_polling_before_sleeping_serves_the_same_answers(sandboxfs_mount, workdi
         assert counts["spin_hits"] > 0
     else:
         assert counts["spin_hits"] == counts["spin_misses"] == 0
+
+
+# -- passthrough backing ids kept for reopens, up to MAX_KEPT_BACKING ----------------------
+
+# Read-only files this big are opened through passthrough, shared or not (fs.shared_files).
+BACKED_SIZE = 1 << 20
+_IN_CLOSE_NOWRITE = 0x10
+_INOTIFY_EVENT = struct.Struct("iIII")
+
+
+class _Closes:
+    """The names of files in ``directory`` whose last open reference went away
+    (inotify IN_CLOSE_NOWRITE): a file the kernel holds as a passthrough backing
+    file is closed only when its backing id is."""
+
+    def __init__(self, directory: Path) -> None:
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        watch = self._libc.inotify_add_watch(self.fd, os.fsencode(directory), _IN_CLOSE_NOWRITE)
+        assert watch >= 0, os.strerror(ctypes.get_errno())
+
+    def take(self) -> list[str]:
+        """The closes queued so far (not those of the directory itself), in order."""
+        names = []
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return names
+            at = 0
+            while at < len(data):
+                _wd, _mask, _cookie, size = _INOTIFY_EVENT.unpack_from(data, at)
+                name = data[at + 16:at + 16 + size].rstrip(b"\0")
+                if name:
+                    names.append(name.decode())
+                at += 16 + size
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.mark.skipif(not ROOT, reason="passthrough needs CAP_SYS_ADMIN; mounts with mount(2)")
+def test_idle_backing_ids_beyond_the_bound_are_closed_at_release(workdir, monkeypatch):
+    """An idle backing id pins its host file in the kernel, so at most MAX_KEPT_BACKING
+    are kept for reopens: with the bound at 3, six files read one after another keep
+    the first three ids (a reopen reuses them: no ioctl) and the other three are closed
+    at their release (a reopen of one registers it again and closes it again).
+
+    The server runs in this process so the bound can be lowered; the ioctls are
+    counted by wrapping the real ones.  The kernel's side is seen with inotify: when
+    the session ends, the host files of the kept ids are closed, and only those --
+    the others were let go at their release already.
+    """
+    bound = 3
+    monkeypatch.setattr(kernel_transport, "MAX_KEPT_BACKING", bound)
+    host = workdir / "host"
+    host.mkdir()
+    names = [f"f{i}" for i in range(2 * bound)]
+    for name in names:  # big enough to pass through (fs.shared_files keeps small files' pages)
+        (host / name).write_bytes((f"content of {name}\n".encode() * BACKED_SIZE)[:BACKED_SIZE])
+    opened: list[str] = []       # host file name of each BACKING_OPEN, in order
+    closed: list[str] = []       # host file name of each BACKING_CLOSE, in order
+    file_of: dict[int, str] = {}  # backing id -> host file name (ids may be reused)
+    real_open, real_close = device.backing_open, device.backing_close
+
+    def backing_open(dev_fd: int, host_fd: int) -> int:
+        backing_id = real_open(dev_fd, host_fd)
+        file_of[backing_id] = os.path.basename(os.readlink(f"/proc/self/fd/{host_fd}"))
+        opened.append(file_of[backing_id])
+        return backing_id
+
+    def backing_close(dev_fd: int, backing_id: int) -> None:
+        real_close(dev_fd, backing_id)
+        closed.append(file_of[backing_id])
+
+    monkeypatch.setattr(device, "backing_open", backing_open)
+    monkeypatch.setattr(device, "backing_close", backing_close)
+
+    point = workdir / "mnt"
+    point.mkdir()
+    transport = KernelTransport(Operations(Tree([Mapping.of("/d", os.fsencode(host))])))
+    closes = _Closes(host)
+    try:
+        transport.mount(str(point), {"fsname=sandboxfs", "subtype=sandboxfs"})
+
+        async def read_one(name: str) -> None:
+            """Open, read and close ``name`` through the mount; return once we saw the release."""
+            releases = transport.request_counts["release"]
+            data = await trio.to_thread.run_sync((point / "d" / name).read_bytes)
+            assert data == (host / name).read_bytes()
+            with trio.fail_after(5):  # the kernel sends RELEASE after close() returned
+                while transport.request_counts["release"] == releases:
+                    await trio.sleep(0.005)
+
+        def kept() -> list[str]:
+            return sorted(file_of[held[0]] for held in transport._backing.values())
+
+        async def main():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(transport.serve)
+                with trio.fail_after(30):
+                    for name in names:
+                        await read_one(name)
+                    assert transport.passthrough
+                    assert opened == names, (  # each registered once
+                        "not opened through passthrough: below the size for it?")
+                    assert closed == names[bound:]  # released beyond the bound: closed at once
+                    assert kept() == names[:bound]
+                    for name in names[:bound]:  # kept: reused, no ioctl either way
+                        await read_one(name)
+                    assert opened == names and closed == names[bound:]
+                    await read_one(names[-1])  # not kept: registered again, closed again
+                    assert opened == names + [names[-1]]
+                    assert closed == names[bound:] + [names[-1]]
+                    assert kept() == names[:bound]
+                    # Every read went to the host file in the kernel: none reached us.
+                    assert transport.request_counts["read"] == 0, transport.request_counts
+                    closes.take()  # closes of the opens so far: not what is asked next
+                    transport.close_device()
+
+        trio.run(main)
+    finally:
+        transport.close_device()
+        device.unmount(str(point))
+        try:
+            deadline = time.monotonic() + 5
+            seen: list[str] = []
+            while time.monotonic() < deadline and len(seen) < bound:
+                time.sleep(0.05)  # a file's last reference may be dropped by a kernel worker
+                seen += closes.take()
+            time.sleep(0.2)
+            seen += closes.take()
+        finally:
+            closes.close()
+    assert not is_mounted(point)
+    assert sorted(seen) == names[:bound]  # the session's end let go of the kept ids' files
