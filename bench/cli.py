@@ -30,8 +30,8 @@ import attrs
 from bench import mounts, report, tree
 from bench.measure import Progress
 from bench.scenarios import actions, backend, bazel, io, scale, setup, worker
-from bench.strategies import (FOREST_STRATEGIES, InPlace, Sandboxfs, SandboxfsPrepared, SandboxfsReuse,
-                              Strategy)
+from bench.strategies import (FOREST_STRATEGIES, InPlace, Sandboxfs, SandboxfsOwnInodes,
+                              SandboxfsPrepared, SandboxfsReuse, Strategy)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,12 @@ class Env:
                 s = SandboxfsPrepared(self.workdir, self.mount.mount_point, self.mount.socket)
             elif name == "sandboxfs_reuse":
                 s = SandboxfsReuse(self.workdir, self.mount.mount_point, self.mount.socket)
+            elif name == "sandboxfs_own_inodes":
+                # The same, on a second mount that gives each sandbox's read-only files
+                # inodes of their own: what sharing them across sandboxes buys.
+                own = self.start(mounts.sandboxfs(self.workdir, name="sandboxfs-own-inodes",
+                                                  extra=("--no-shared-inodes",)))
+                s = SandboxfsOwnInodes(self.workdir, own.mount_point, own.socket)
             else:
                 s = {c.name: c for c in (InPlace, *FOREST_STRATEGIES)}[name](self.workdir)
             self.stack.callback(s.close)

@@ -7,8 +7,8 @@ replaces only their sections and target lines: the other scenarios' sections
 and the machine section are carried over word for word (the latter gains a line
 naming the separate run), so their numbers stay those of the run that made them.
 ``python -m bench.report RESULTS.json [DOCS_DIR]`` re-renders a saved run.
-The backend scenario's section is rendered by ``bench.report_backend``, the worker's by
-``bench.report_worker``.
+The I/O scenario's section is rendered by ``bench.report_io``, the backend's by
+``bench.report_backend``, the worker's by ``bench.report_worker``.
 """
 
 from __future__ import annotations
@@ -25,15 +25,7 @@ STRATEGY_LABELS = {
     "symlink_cp": "symlink forest (cp -rs)", "hardlink": "hard-link forest (cp -al)",
     "copy": "full copy (cp -r)", "sandboxfs": "sandboxfs", "sandboxfs_reuse": "sandboxfs, reused",
     "sandboxfs_prepared": "sandboxfs, prepared inputs",
-}
-METRIC_LABELS = {
-    "seq_read_first": "sequential read, first", "seq_read_repeat": "sequential re-read",
-    "stat_first": "stat existing, first", "stat_repeat": "stat existing, repeated",
-    "stat_missing_first": "stat missing, first", "stat_missing_repeat": "stat missing, repeated",
-    "small_read_first": "open+read+close small file, first",
-    "small_read_repeat": "open+read+close small file, repeated",
-    "readdir_10k": "readdir of 10,000 entries", "seq_write": "sequential write (rw mapping)",
-    "gcc_first": "gcc -c with 300 headers, first", "gcc_repeat": "gcc -c with 300 headers, repeated",
+    "sandboxfs_own_inodes": "sandboxfs, --no-shared-inodes",
 }
 
 
@@ -167,58 +159,8 @@ def _plot_actions(data: dict, path: Path) -> None:
 
 
 def _io_section(data: dict, plots: Path) -> str:
-    rows = []
-    for r in data["rows"]:
-        ratio = r["sandboxfs_vs_bindfs"]["median"]
-        verdict = "–" if ratio is None else ("at or better" if ratio >= 0.95 else "worse")
-        rows.append([METRIC_LABELS[r["metric"]] + f" ({r['unit']}, {r['better']} is better)",
-                     *(_range(r["layers"][l]) for l in data["layers"]),
-                     _ratio(ratio), verdict])
-    _plot_io(data, plots / "io.png")
-    cpu = data.get("server_cpu_us_per_request", {})
-    cpu_line = ("Server CPU per FUSE request (the server's CPU time from /proc over the requests "
-                "it counted, whole scenario): " + ", ".join(
-                    f"{name} {us:.1f} µs" for name, us in cpu.items()) + ".") if cpu else ""
-    return "\n\n".join(part for part in [
-        "## 3. I/O: native vs sandboxfs vs bindfs",
-        "The same host directory seen natively, through sandboxfs (a read-only mapping, and a "
-        "read-write one for the writes; `--ttl 60`) on our kernel transport (*sandboxfs*) and on "
-        f"pyfuse3 (*sandboxfs_pyfuse3*), on our kernel transport with `--no-open` "
-        f"(*sandboxfs_no_open*, where present), and through bindfs "
-        f"(`-o {data['bindfs_options']}`). "
-        "Fresh files each round: "
-        "*first* = never looked at through that layer (host page cache warm), *repeated* = "
-        "immediately again. Ratio = sandboxfs (kernel transport) vs bindfs per round, oriented "
-        "so that > 1 means sandboxfs is better; *at or better* allows 5% noise.",
-        _table(["operation", *data["layers"], "sandboxfs vs bindfs", "verdict"], rows),
-        cpu_line,
-        "![I/O per layer](plots/io.png)",
-    ] if part)
-
-
-def _plot_io(data: dict, path: Path) -> None:
-    import matplotlib.pyplot as plt
-    rows = data["rows"]
-    cols = 4
-    fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(13, 9), dpi=100)
-    colors = {"native": "tab:gray", "sandboxfs": "tab:blue", "sandboxfs_no_open": "tab:green",
-              "sandboxfs_pyfuse3": "tab:cyan", "bindfs": "tab:orange"}
-    for ax, r in zip(axes.flat, rows):
-        vals = [r["layers"][l]["median"] or 0 for l in data["layers"]]
-        bars = ax.bar(data["layers"], vals, color=[colors[l] for l in data["layers"]])
-        ax.bar_label(bars, labels=[_num(v) for v in vals], fontsize=7)
-        ax.margins(y=0.12)
-        ax.set_title(METRIC_LABELS[r["metric"]].replace(", ", ",\n", 1), fontsize=9)
-        ax.set_ylabel(f"{r['unit']} ({r['better']} is better)", fontsize=8)
-        ax.tick_params(axis="x", labelsize=8)
-        ax.tick_params(axis="y", labelsize=8)
-        ax.grid(True, axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(rows):]:
-        ax.set_visible(False)
-    fig.suptitle("I/O through each layer (median)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    from bench import report_io  # it imports this module's helpers
+    return report_io.section(data, plots)
 
 
 def _scale_section(data: dict) -> str:
@@ -383,10 +325,8 @@ def _actions_targets(data: dict) -> list[str]:
 
 
 def _io_targets(data: dict) -> list[str]:
-    ok = [r for r in data["rows"] if (r["sandboxfs_vs_bindfs"]["median"] or 0) >= 0.95]
-    bad = [METRIC_LABELS[r["metric"]] for r in data["rows"] if r not in ok]
-    return [f"- I/O at or better than bindfs: {len(ok)} of {len(data['rows'])} rows"
-            + (f"; worse: {'; '.join(bad)}." if bad else ".")]
+    from bench import report_io
+    return report_io.targets(data)
 
 
 def _bazel_targets(data: dict) -> list[str]:

@@ -246,6 +246,11 @@ class Sandboxfs(Strategy):
         super().close()
 
 
+class SandboxfsOwnInodes(Sandboxfs):
+    """As ``Sandboxfs``, on a mount started with ``--no-shared-inodes``."""
+    name = "sandboxfs_own_inodes"
+
+
 class SandboxfsPrepared(Sandboxfs):
     """As ``Sandboxfs``, with the inputs prepared once (``sandboxfs.client.prepare``): the
     request names the groups the server holds by digest."""

@@ -107,15 +107,10 @@ def test_tiny_run_produces_every_scenario_and_report(tmp_path):
         "symlink_py", "symlink_cp", "hardlink", "copy", "sandboxfs", "sandboxfs_prepared"}
     assert all(r["seconds"]["n"] == 2 for r in sc["setup"]["rows"])
     assert {r["strategy"] for r in sc["actions"]["rows"]} == {
-        "in_place", "symlink_py", "symlink_cp", "hardlink", "sandboxfs", "sandboxfs_reuse"}
+        "in_place", "symlink_py", "symlink_cp", "hardlink", "sandboxfs", "sandboxfs_reuse",
+        "sandboxfs_own_inodes"}
     assert sc["actions"]["outputs_identical"], sc["actions"]["mismatches"]
-    assert set(sc["io"]["server_cpu_us_per_request"]) == {"sandboxfs", "sandboxfs_no_open",
-                                                          "sandboxfs_pyfuse3"}
-    assert all(us > 0 for us in sc["io"]["server_cpu_us_per_request"].values())
-    for row in sc["io"]["rows"]:
-        assert set(row["layers"]) == {"native", "sandboxfs", "sandboxfs_no_open",
-                                      "sandboxfs_pyfuse3", "bindfs"}
-        assert all(v["n"] == 2 for v in row["layers"].values())
+    _check_io(sc["io"], results["config"])
     assert sc["scale"]["memory"] and sc["scale"]["cycles"]["loaded"]["per_second"] > 0
     backend = sc["backend"]
     assert backend["tree"]["serve"]["first_push_create_ms"]["n"] == 2
@@ -132,6 +127,7 @@ def test_tiny_run_produces_every_scenario_and_report(tmp_path):
     assert all(r["lazy_e2e_ms"]["n"] == 2 and r["eager_local_ms"]["n"] == 2 for r in worker["rows"])
     assert worker["trivial"]["worker"]["n"] == 2 * 3
     text = (tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "| sandboxfs_no_open_files |" in text and "server CPU µs per LOOKUP" in text
     for heading in ("## Targets", "## 1. Setup", "## 2. Actions", "## 3. I/O", "## 4. Scale",
                     "## 5. Bazel", "## 6. Sandbox backend", "- Backend (`sandboxfs serve`)",
                     "## 7. Remote worker", "- Worker (`sandboxfs worker`)"):
@@ -158,6 +154,43 @@ def test_tiny_run_produces_every_scenario_and_report(tmp_path):
     assert not _fuse_mounts_under(work)
     assert _processes_under(work) == []
     assert list(work.iterdir()) == []
+
+
+IO_LAYERS = ["native", "sandboxfs", "sandboxfs_files", "sandboxfs_no_open",
+             "sandboxfs_no_open_files", "sandboxfs_pyfuse3", "sandboxfs_pyfuse3_files", "bindfs"]
+OWN_COUNTER = {"sandboxfs", "sandboxfs_files", "sandboxfs_no_open", "sandboxfs_no_open_files"}
+
+
+def _check_io(io: dict, config: dict) -> None:
+    """The I/O scenario's layers, its per-file sandboxes and its server CPU figures."""
+    assert io["layers"] == IO_LAYERS
+    for row in io["rows"]:
+        assert list(row["layers"]) == IO_LAYERS
+        assert all(v["n"] == 2 for v in row["layers"].values())
+        assert row["sandboxfs_files_vs_bindfs"]["n"] == 2
+    # one mapping per file: the big file, the small ones, gcc's 300 headers and main.c, the
+    # listed entries, and the read-write directory; every round, on each of the three mounts
+    per_file = config["io_small_files"] + config["io_dir_entries"] + 303
+    assert io["per_file_mappings"] == {l: [per_file] * 3 for l in IO_LAYERS if l.endswith("_files")}
+    assert set(io["server_cpu_us_per_request"]) == {"sandboxfs", "sandboxfs_no_open",
+                                                    "sandboxfs_pyfuse3"}
+    assert all(us > 0 for us in io["server_cpu_us_per_request"].values())
+    stat = io["stat_first_server_cpu"]
+    assert list(stat) == [l for l in IO_LAYERS if l != "native"]
+    for layer, cpu in stat.items():
+        lookups = cpu["per_round"]["lookups"]
+        assert len(lookups) == 2, layer
+        # each stat of a new name is one LOOKUP, and the new directory one more
+        assert all(config["io_small_files"] <= n <= config["io_small_files"] + 2
+                   for n in lookups), (layer, lookups)
+        assert cpu["lookups"] == sum(lookups) and cpu["requests"] >= cpu["lookups"]
+        assert 0 < cpu["proc_us_per_lookup"] < 10_000, (layer, cpu)
+        if layer in OWN_COUNTER:
+            # the serving thread's time is part of the process's, over a wider window
+            assert 0 < cpu["own_us_per_lookup"] <= cpu["proc_us_per_lookup"] * 1.05, (layer, cpu)
+            assert cpu["own_us_per_lookup_rounds"]["n"] == 2
+        else:  # pyfuse3 and bindfs keep no CPU counter of their own
+            assert cpu["own_us_per_lookup"] is None, (layer, cpu)
 
 
 @pytest.mark.fuse

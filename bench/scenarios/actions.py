@@ -22,7 +22,8 @@ from bench import tree
 from bench.measure import Progress, Timer, paired_ratio, rounds, summary
 from bench.strategies import Spec
 
-STRATEGIES = ("in_place", "symlink_py", "symlink_cp", "hardlink", "sandboxfs", "sandboxfs_reuse")
+STRATEGIES = ("in_place", "symlink_py", "symlink_cp", "hardlink", "sandboxfs", "sandboxfs_reuse",
+              "sandboxfs_own_inodes")
 PARALLEL = 2
 
 
