@@ -322,3 +322,31 @@ def test_idle_backing_ids_beyond_the_bound_are_closed_at_release(workdir, monkey
             closes.close()
     assert not is_mounted(point)
     assert sorted(seen) == names[:bound]  # the session's end let go of the kept ids' files
+
+
+@pytest.mark.skipif(not ROOT, reason="passthrough needs CAP_SYS_ADMIN")
+def test_an_open_beside_passthrough_opens_and_one_beside_served_opens_both_work(
+        sandboxfs_mount, workdir):
+    """The kernel fails (EIO) an open of an inode that has passthrough opens unless it
+    passes through the same backing file, and a passthrough open of an inode that has
+    opens we serve.  Both happen when a sandbox is tracked (nothing passes through while
+    one is: its reads must reach us) and a file of an untracked one is opened again."""
+    host = _host(workdir)
+    data = (host / "src" / "big.bin").read_bytes()
+    mount = sandboxfs_mount(["--transport", "kernel"])
+    src = [("/src", str(host / "src"), False)]
+    with Client(str(mount.mount_point) + ".sock") as client:
+        big = Path(client.create_sandbox("plain", src)["path"]) / "src" / "big.bin"
+        with open(big, "rb") as passing:  # passes through
+            assert passing.read(10) == data[:10]
+            client.create_sandbox("t1", src, track_access=True)
+            with open(big, "rb") as beside:  # would be served: a sandbox is tracked
+                assert beside.read() == data
+            client.destroy_sandbox("t1")
+        client.create_sandbox("t2", src, track_access=True)
+        with open(big, "rb") as served:  # served by us
+            assert served.read(10) == data[:10]
+            client.destroy_sandbox("t2")
+            with open(big, "rb") as beside:  # would pass through: nothing is tracked
+                assert beside.read() == data
+        assert _stats(mount.mount_point)["fuse_ops"].get("read", 0) > 0  # some were ours

@@ -59,13 +59,10 @@ class Handlers:
     def _open_out(self, ino: int, opened: Opened, directory: bool = False) -> bytes:
         flags = 0
         backing_id = 0
-        if opened.backing_fd >= 0 and self.passthrough is not None:
-            backing_id = self.passthrough(ino, opened)
+        if self.passthrough is not None and not directory:
+            backing_id = self.passthrough(ino, opened)  # 0 for an open we serve (cached)
         if backing_id > 0:
             flags |= wire.FOPEN_PASSTHROUGH  # refused together with KEEP_CACHE
-        elif backing_id < 0:
-            flags |= wire.FOPEN_DIRECT_IO  # beside a passthrough open of the inode
-            backing_id = 0
         elif opened.keep_cache:
             flags |= wire.FOPEN_KEEP_CACHE
         if opened.direct_io:

@@ -125,6 +125,10 @@ class KernelTransport:
         self.cpu_seconds = 0.0
         self._backing: dict[int, list] = {}  # ino -> [backing id, opens, host file identity]
         self._backed: dict[int, int] = {}         # fh of a passthrough open -> ino
+        # Opens we serve while passthrough is on (the kernel's cached I/O mode): a
+        # passthrough open beside them would fail (_register_backing).
+        self._cached: dict[int, int] = {}         # fh -> ino
+        self._cached_opens: collections.Counter[int] = collections.Counter()  # ino -> opens
         self._buffer = bytearray(BUFFER_SIZE)
         self.kernel_minor = 0
 
@@ -406,42 +410,68 @@ class KernelTransport:
     # -- passthrough -----------------------------------------------------------------
 
     def _register_backing(self, ino: int, opened: Opened) -> int:
-        """The backing id for ``ino`` (one per inode, shared by its opens), or 0 for none.
+        """The backing id for this open of ``ino`` (one per inode, shared by its opens),
+        or 0: we serve it (the kernel's cached I/O mode).
 
         An id stays registered after the last release, until the kernel forgets
         the inode (``forgotten``): a reopen -- gcc opening the same headers action
         after action -- then costs no ioctl.  It is reused only while the host
         file is the same one (device and inode).
-        -1: serve this open ourselves with direct I/O.
+
+        The kernel's I/O modes decide the rest.  While an inode has passthrough
+        opens, it fails (EIO) every other open of it but one passing through the
+        same backing file, even a direct-I/O one; while it has opens we serve, it
+        fails a passthrough open.  So an open beside passthrough ones passes
+        through too, even one we would have served (an untracked node reopened
+        while some sandbox is tracked: a tracked sandbox's nodes never pass
+        through, so none is held here), and even when the host file was replaced
+        meanwhile (it then reads the file its inode's open files read); and an
+        open beside served ones is served.
         """
         if not self.passthrough:
             return 0
+        held = self._backing.get(ino)
+        if held is not None and held[1] > 0:
+            held[1] += 1
+            self._backed[opened.fh] = ino
+            return held[0]
+        if opened.backing_fd < 0 or ino in self._cached_opens:
+            self._cached_open(opened.fh, ino)
+            return 0
         st = os.fstat(opened.backing_fd)
         identity = (st.st_dev, st.st_ino)  # the page cache is the host file's own: no ctime
-        held = self._backing.get(ino)
         if held is not None:
             if held[2] == identity:
                 held[1] += 1
                 self._backed[opened.fh] = ino
                 return held[0]
-            if held[1] > 0:
-                # Another host file is open through this inode; the kernel allows no
-                # cached open beside a passthrough one: serve this one direct.
-                return -1
-            self._close_backing(ino)
+            self._close_backing(ino)  # an idle id of a file since replaced
         try:
             backing_id = device.backing_open(self.fd, opened.backing_fd)
         except OSError as exc:
             log.info("passthrough refused (%s); serving reads ourselves", exc)
             if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTTY):
                 self.passthrough = False
+            self._cached_open(opened.fh, ino)
             return 0
         self._backing[ino] = [backing_id, 1, identity]
         self._backed[opened.fh] = ino
         return backing_id
 
+    def _cached_open(self, fh: int, ino: int) -> None:
+        self._cached[fh] = ino
+        self._cached_opens[ino] += 1
+
     def _release_backing(self, fh: int) -> None:
         """A handle was released; with too many idle ids kept, close this one now."""
+        ino = self._cached.pop(fh, None)
+        if ino is not None:
+            left = self._cached_opens[ino] - 1
+            if left:
+                self._cached_opens[ino] = left
+            else:
+                del self._cached_opens[ino]
+            return
         ino = self._backed.pop(fh, None)
         if ino is None:
             return
