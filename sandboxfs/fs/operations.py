@@ -32,7 +32,7 @@ from sandboxfs.fs.host_calls import on_host_object, set_attributes
 from sandboxfs.fs.inode_files import InodeFiles
 from sandboxfs.fs.inodes import Handle, InodeTable
 from sandboxfs.fs.interface import AddEntry, Context, Entry, Opened, SetAttr
-from sandboxfs.fs.shared_files import SharedFiles
+from sandboxfs.fs.shared_files import SharedFile, SharedFiles
 from sandboxfs.tree.host_entries import HostEntry, renameat2
 from sandboxfs.tree.content import ContentDir, VirtualSymlink
 from sandboxfs.tree.lookup import list_directory, lookup, stat_of
@@ -413,6 +413,8 @@ class Operations:
                 if exc.errno == errno.EBADF:  # the directory itself went away
                     continue
                 raise
+            if plus and self.shared is not None and not self.access.logs:
+                node = self.shared.node_for(node, st)  # an entry counts as a lookup
             timeout = ttl
             ino = node.ino or self.inodes.number(node)
             if plus and self.access.logs and self.access.entry(directory.ino, name, ino):
@@ -422,6 +424,8 @@ class Operations:
             if not add(name, Entry(ino, st, timeout, ttl), index + 1):
                 if not node.lookups and type(node) is FoundNode and node.parent is directory:
                     directory.forget_known(node)
+                elif not node.lookups and type(node) is SharedFile:
+                    node.unshare()  # made for this entry, which the kernel did not take
                 return
             if plus:
                 self.inodes.remember(node)  # readdirplus: each accepted entry is a lookup

@@ -31,7 +31,7 @@ import os
 import stat
 
 from sandboxfs.tree.host_entries import HostEntry
-from sandboxfs.tree.nodes import FoundNode, HostNode, MappedNode
+from sandboxfs.tree.nodes import FoundNode, HostNode, MappedNode, Node
 
 _SHAREABLE = (MappedNode, FoundNode)
 MAX_PLACES = 8  # places kept per shared file (older sandboxes are usually gone)
@@ -84,7 +84,7 @@ class SharedFile(HostNode):
     def host_path(self) -> bytes:
         return self._place()[0].host_path()
 
-    def mapping_and_rest(self):
+    def mapping_and_rest(self) -> tuple[MappedNode, list[bytes]]:
         return self._place()[0].mapping_and_rest()
 
     def entry(self) -> HostEntry:
@@ -106,7 +106,7 @@ class SharedFiles:
     def __init__(self) -> None:
         self.by_file: dict[tuple[int, int], SharedFile] = {}
 
-    def node_for(self, node, st: os.stat_result | None):
+    def node_for(self, node: Node, st: os.stat_result | None) -> Node:
         """The node a lookup should answer for ``node``, whose lstat is ``st``."""
         if (type(node) not in _SHAREABLE or node.writable or node.lookups or st is None
                 or not stat.S_ISREG(st.st_mode)):

@@ -119,3 +119,15 @@ def test_an_open_never_reads_a_file_that_replaced_it_under_another_path(sandboxf
         assert (b / "d" / "f").read_text() == "new\n"
         assert os.stat(b / "d" / "f").st_ino != ino
         assert (a / "d" / "f").read_text() == "old\n"
+
+
+def test_a_listed_file_shares_its_inode_too(sandboxfs_mount, host):
+    """A listing's READDIRPLUS entries give the kernel inodes before any lookup."""
+    mount = sandboxfs_mount()
+    inc = str(host / "inc")
+    with _client(mount) as client:
+        one = Path(client.create_sandbox("one", [("/inc", inc, False)])["path"])
+        two = Path(client.create_sandbox("two", [("/inc", inc, False)])["path"])
+        ino = os.stat(one / "inc" / "a.h").st_ino
+        assert sorted(os.listdir(two / "inc")) == ["a.h", "b.h"]
+        assert os.stat(two / "inc" / "a.h").st_ino == ino

@@ -110,3 +110,20 @@ def test_host_access_goes_through_a_place_that_still_shows_the_file(tmp_path):
         ops.release(opened.fh)
     os.unlink(left / "f")  # no place shows it any more: the latest place is used
     assert node.lstat().st_size == len(b"new, longer\n")
+
+
+def test_a_readdirplus_entry_shares_as_a_lookup_does(host):
+    ops = _ops(host)
+    shared = _ino(ops, b"one", b"inc", b"a.h")
+    fh = ops.opendir(_ino(ops, b"two", b"inc")).fh
+    got: dict[bytes, int] = {}
+    ops.readdir(fh, 0, True, lambda name, entry, offset: got.setdefault(name, entry.ino) > 0)
+    assert got[b"a.h"] == shared
+    assert ops.inodes[shared].lookups == 2
+
+
+def test_an_entry_the_kernel_does_not_take_leaves_nothing_shared(host):
+    ops = _ops(host)
+    fh = ops.opendir(_ino(ops, b"one", b"inc")).fh
+    ops.readdir(fh, 0, True, lambda name, entry, offset: name != b"a.h")  # full at a.h
+    assert not ops.shared.by_file

@@ -37,6 +37,11 @@ OPCODE_NAMES = {
     READDIR: "readdir", RELEASEDIR: "releasedir", FSYNCDIR: "fsyncdir", ACCESS: "access",
     CREATE: "create", INTERRUPT: "interrupt", DESTROY: "destroy",
     BATCH_FORGET: "batch_forget", READDIRPLUS: "readdirplus", RENAME2: "rename2",
+    # Not served (answered ENOSYS, after which the kernel mostly stops asking), named so
+    # that `stats` says which ones came.
+    31: "getlk", 32: "setlk", 33: "setlkw", 37: "bmap", 39: "ioctl", 40: "poll",
+    43: "fallocate", 46: "lseek", 47: "copy_file_range", 50: "syncfs", 51: "tmpfile",
+    52: "statx",
 }
 
 # -- INIT flags (flags | flags2 << 32) -------------------------------------------------
