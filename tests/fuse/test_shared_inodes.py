@@ -26,6 +26,12 @@ def _client(mount) -> Client:
     return Client(str(mount.mount_point) + ".sock")
 
 
+def _sandbox(client: Client, name: str, host_dir, writable: bool = False, **kwargs) -> Path:
+    """A sandbox mapping ``host_dir`` at /inc; its path."""
+    return Path(client.create_sandbox(name, [("/inc", str(host_dir), writable)],
+                                      **kwargs)["path"])
+
+
 @pytest.fixture
 def host(workdir: Path) -> Path:
     host = workdir / "host"
@@ -35,31 +41,35 @@ def host(workdir: Path) -> Path:
     return host
 
 
-def test_a_read_only_file_has_one_inode_in_every_sandbox(sandboxfs_mount, host):
-    mount = sandboxfs_mount()
+@pytest.fixture
+def pair(sandboxfs_mount, host):
+    """A default mount's client and two sandboxes mapping host/inc read-only at /inc."""
+    with _client(sandboxfs_mount()) as client:
+        yield client, _sandbox(client, "one", host / "inc"), _sandbox(client, "two", host / "inc")
+
+
+def test_a_read_only_file_has_one_inode_in_every_sandbox(pair, host):
+    client, one, two = pair
     inc = str(host / "inc")
-    with _client(mount) as client:
-        one = Path(client.create_sandbox("one", [("/inc", inc, False)])["path"])
-        two = Path(client.create_sandbox("two", [("/inc", inc, False)])["path"])
-        alone = Path(client.create_sandbox("alone", [("/x/a.h", inc + "/a.h", False)])["path"])
-        rw = Path(client.create_sandbox("rw", [("/inc", inc, True)])["path"])
-        shared = os.stat(one / "inc" / "a.h").st_ino
-        assert os.stat(two / "inc" / "a.h").st_ino == shared
-        assert os.stat(alone / "x" / "a.h").st_ino == shared  # a file mapping joins it too
-        assert os.stat(rw / "inc" / "a.h").st_ino != shared  # read-write: its own
-        assert os.stat(two / "inc" / "b.h").st_ino != shared  # another file
-        assert os.stat(one / "inc").st_ino != os.stat(two / "inc").st_ino  # never a directory
-        assert (two / "inc" / "a.h").read_text() == (alone / "x" / "a.h").read_text() == "int a;\n"
-        (rw / "inc" / "a.h").write_text("int a2;\n")  # through its own inode, to the host
-        assert (host / "inc" / "a.h").read_text() == "int a2;\n"
+    alone = Path(client.create_sandbox("alone", [("/x/a.h", inc + "/a.h", False)])["path"])
+    rw = _sandbox(client, "rw", inc, True)
+    shared = os.stat(one / "inc" / "a.h").st_ino
+    assert os.stat(two / "inc" / "a.h").st_ino == shared
+    assert os.stat(alone / "x" / "a.h").st_ino == shared  # a file mapping joins it too
+    assert os.stat(rw / "inc" / "a.h").st_ino != shared  # read-write: its own
+    assert os.stat(two / "inc" / "b.h").st_ino != shared  # another file
+    assert os.stat(one / "inc").st_ino != os.stat(two / "inc").st_ino  # never a directory
+    assert (two / "inc" / "a.h").read_text() == (alone / "x" / "a.h").read_text() == "int a;\n"
+    (rw / "inc" / "a.h").write_text("int a2;\n")  # through its own inode, to the host
+    assert (host / "inc" / "a.h").read_text() == "int a2;\n"
 
 
 def test_no_shared_inodes_gives_each_sandbox_its_own(sandboxfs_mount, host):
     mount = sandboxfs_mount(["--no-shared-inodes"])
     inc = str(host / "inc")
     with _client(mount) as client:
-        one = Path(client.create_sandbox("one", [("/inc", inc, False)])["path"])
-        two = Path(client.create_sandbox("two", [("/inc", inc, False)])["path"])
+        one = _sandbox(client, "one", inc)
+        two = _sandbox(client, "two", inc)
         assert os.stat(one / "inc" / "a.h").st_ino != os.stat(two / "inc" / "a.h").st_ino
 
 
@@ -67,31 +77,26 @@ def test_a_tracked_sandbox_sees_its_own_reads(sandboxfs_mount, host):
     mount = sandboxfs_mount(["--ttl", "600"])
     inc = str(host / "inc")
     with _client(mount) as client:
-        plain = Path(client.create_sandbox("plain", [("/inc", inc, False)])["path"])
+        plain = _sandbox(client, "plain", inc)
         assert (plain / "inc" / "a.h").read_text() == "int a;\n"
-        tracked = Path(client.create_sandbox("t", [("/inc", inc, False)],
-                                             track_access=True)["path"])
+        tracked = _sandbox(client, "t", inc, track_access=True)
         assert (tracked / "inc" / "a.h").read_text() == "int a;\n"
         assert os.stat(tracked / "inc" / "a.h").st_ino != os.stat(plain / "inc" / "a.h").st_ino
         report = client.destroy_sandbox("t")["access_report"]
     assert "inc/a.h" in str(report), report
 
 
-def test_destroying_the_first_sandbox_leaves_the_file_to_the_others(sandboxfs_mount, host):
-    mount = sandboxfs_mount()
-    inc = str(host / "inc")
-    with _client(mount) as client:
-        first = Path(client.create_sandbox("first", [("/inc", inc, False)])["path"])
-        second = Path(client.create_sandbox("second", [("/inc", inc, False)])["path"])
-        ino = os.stat(first / "inc" / "a.h").st_ino  # first's node becomes the shared one
-        with open(second / "inc" / "a.h", "rb") as held:
-            assert os.fstat(held.fileno()).st_ino == ino
-            client.destroy_sandbox("first")
-            assert not (first / "inc").exists()
-            assert held.read() == b"int a;\n"
-        for _ in range(3):  # reopened, after the sandbox that found it is gone
-            assert (second / "inc" / "a.h").read_bytes() == b"int a;\n"
-        assert os.stat(second / "inc" / "a.h").st_ino == ino
+def test_destroying_the_first_sandbox_leaves_the_file_to_the_others(pair):
+    client, first, second = pair
+    ino = os.stat(first / "inc" / "a.h").st_ino  # first's node becomes the shared one
+    with open(second / "inc" / "a.h", "rb") as held:
+        assert os.fstat(held.fileno()).st_ino == ino
+        client.destroy_sandbox("one")
+        assert not (first / "inc").exists()
+        assert held.read() == b"int a;\n"
+    for _ in range(3):  # reopened, after the sandbox that found it is gone
+        assert (second / "inc" / "a.h").read_bytes() == b"int a;\n"
+    assert os.stat(second / "inc" / "a.h").st_ino == ino
 
 
 def test_an_open_never_reads_a_file_that_replaced_it_under_another_path(sandboxfs_mount,
@@ -108,26 +113,22 @@ def test_an_open_never_reads_a_file_that_replaced_it_under_another_path(sandboxf
     os.link(left / "f", right / "f")
     mount = sandboxfs_mount(["--ttl", "1"])
     with _client(mount) as client:
-        a = Path(client.create_sandbox("a", [("/d", str(left), False)])["path"])
-        b = Path(client.create_sandbox("b", [("/d", str(right), False)])["path"])
-        ino = os.stat(a / "d" / "f").st_ino
-        assert os.stat(b / "d" / "f").st_ino == ino  # b is now the latest place
+        a = _sandbox(client, "a", left)
+        b = _sandbox(client, "b", right)
+        ino = os.stat(a / "inc" / "f").st_ino
+        assert os.stat(b / "inc" / "f").st_ino == ino  # b is now the latest place
         (right / "new").write_text("new\n")
         os.rename(right / "new", right / "f")
-        assert (a / "d" / "f").read_text() == "old\n"
+        assert (a / "inc" / "f").read_text() == "old\n"
         time.sleep(1.5)  # the kernel's entries expire
-        assert (b / "d" / "f").read_text() == "new\n"
-        assert os.stat(b / "d" / "f").st_ino != ino
-        assert (a / "d" / "f").read_text() == "old\n"
+        assert (b / "inc" / "f").read_text() == "new\n"
+        assert os.stat(b / "inc" / "f").st_ino != ino
+        assert (a / "inc" / "f").read_text() == "old\n"
 
 
-def test_a_listed_file_shares_its_inode_too(sandboxfs_mount, host):
+def test_a_listed_file_shares_its_inode_too(pair):
     """A listing's READDIRPLUS entries give the kernel inodes before any lookup."""
-    mount = sandboxfs_mount()
-    inc = str(host / "inc")
-    with _client(mount) as client:
-        one = Path(client.create_sandbox("one", [("/inc", inc, False)])["path"])
-        two = Path(client.create_sandbox("two", [("/inc", inc, False)])["path"])
-        ino = os.stat(one / "inc" / "a.h").st_ino
-        assert sorted(os.listdir(two / "inc")) == ["a.h", "b.h"]
-        assert os.stat(two / "inc" / "a.h").st_ino == ino
+    _client, one, two = pair
+    ino = os.stat(one / "inc" / "a.h").st_ino
+    assert sorted(os.listdir(two / "inc")) == ["a.h", "b.h"]
+    assert os.stat(two / "inc" / "a.h").st_ino == ino
