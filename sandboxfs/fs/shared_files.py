@@ -50,9 +50,11 @@ class SharedFile(HostNode):
 
     __slots__ = ("places", "key", "table")
 
-    # Below this a file's pages are kept instead of passed through, as for the sandbox
-    # backend's shared files: read once for every sandbox, then no READ and no GETATTR
-    # (a passthrough read makes the kernel drop the atime: docs/design.md).
+    # Once a second place has shared it, a file below this keeps its pages instead of
+    # passing through, as the sandbox backend's shared files do: read once for every
+    # sandbox, then no READ and no GETATTR (a passthrough read makes the kernel drop the
+    # atime).  Seen by one place only, it passes through, as an unshared node does: the
+    # sandbox may be gone before another needs the pages (docs/design.md has both cases).
     passthrough_min = 1 << 20
 
     def __init__(self, place: HostNode, key: tuple[int, int], table: "SharedFiles") -> None:
@@ -60,6 +62,9 @@ class SharedFile(HostNode):
         self.places = [place]
         self.key = key
         self.table = table
+
+    def passes_through(self, size: int) -> bool:
+        return size >= self.passthrough_min or len(self.places) < 2
 
     def add_place(self, place: HostNode) -> None:
         places = self.places

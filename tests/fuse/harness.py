@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Sequence
 
 from sandboxfs.errors import ChildMountError
-from sandboxfs.fs.shared_files import SharedFile
 from sandboxfs.mount import default_transport
 from sandboxfs.fuse.child_mount import (
     START_TIMEOUT, STOP_TIMEOUT, ChildMount, is_mounted, lazy_unmount, mount_ids, sandboxfs_command,
@@ -34,9 +33,8 @@ fusermount_lazy = lazy_unmount
 # The transport every mount of this test run uses: the suite runs under each
 # (``make test`` with our kernel transport, ``make test-pyfuse3`` with pyfuse3).
 TRANSPORT = default_transport()
-# Root on our transport: reads of read-only files go through FUSE passthrough, but
-# for files below SharedFile.passthrough_min, whose pages are kept instead (their
-# inode is shared across sandboxes: fs/shared_files.py).
+# Root on our transport: reads of read-only files go through FUSE passthrough (but for
+# small files whose inode a second sandbox shares: fs/shared_files.py).
 PASSTHROUGH = TRANSPORT == "kernel" and os.geteuid() == 0
 
 
@@ -45,9 +43,10 @@ def check_read_after_the_server_ended(fd: int, host_file: Path) -> None:
 
     Through passthrough the kernel holds the host file itself, so it goes on
     reading the real file (never wrong data); otherwise the read fails ENOTCONN.
-    ``host_file`` is of a read-only mapping, untracked, opened read-only.
+    ``host_file`` is of a read-only mapping, untracked, opened read-only, seen through
+    one sandbox or mapping only.
     """
-    if PASSTHROUGH and host_file.stat().st_size >= SharedFile.passthrough_min:
+    if PASSTHROUGH:
         assert os.pread(fd, 10, 0) == host_file.read_bytes()[:10]
         return
     try:

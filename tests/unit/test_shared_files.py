@@ -127,3 +127,18 @@ def test_an_entry_the_kernel_does_not_take_leaves_nothing_shared(host):
     fh = ops.opendir(_ino(ops, b"one", b"inc")).fh
     ops.readdir(fh, 0, True, lambda name, entry, offset: name != b"a.h")  # full at a.h
     assert not ops.shared.by_file
+
+
+def test_a_small_file_keeps_its_pages_once_a_second_place_shares_it(host):
+    (host / "inc" / "big.bin").write_bytes(b"\0" * SharedFile.passthrough_min)
+    ops = _ops(host)
+
+    def passes_through(*path: bytes) -> bool:
+        opened = ops.open(_ino(ops, *path), os.O_RDONLY)
+        ops.release(opened.fh)
+        return opened.backing_fd >= 0
+
+    assert passes_through(b"one", b"inc", b"a.h")  # one place: as an unshared node
+    assert not passes_through(b"two", b"inc", b"a.h")  # shared: its pages are kept
+    assert passes_through(b"one", b"inc", b"big.bin")
+    assert passes_through(b"two", b"inc", b"big.bin")  # 1 MiB and more: always through
