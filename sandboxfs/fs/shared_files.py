@@ -75,16 +75,19 @@ class SharedFile(HostNode):
             del places[MAX_PLACES:]
 
     def _place(self) -> tuple[HostNode, os.stat_result | None]:
-        """The first place still showing this host file, and its lstat."""
+        """The first place still showing this host file, and its lstat (None: not taken)."""
+        places = self.places
+        if len(places) == 1:
+            return places[0], None  # no other to choose: no lstat to check it
         key = self.key
-        for place in self.places:
+        for place in places:
             try:
                 st = place.lstat()
             except OSError:
                 continue
             if (st.st_dev, st.st_ino) == key:
                 return place, st
-        return self.places[0], None
+        return places[0], None
 
     def host_path(self) -> bytes:
         return self._place()[0].host_path()
