@@ -413,8 +413,8 @@ class Operations:
                 if exc.errno == errno.EBADF:  # the directory itself went away
                     continue
                 raise
-            if plus and self.shared is not None and not self.access.logs:
-                node = self.shared.node_for(node, st)  # an entry counts as a lookup
+            if self.shared is not None and not self.access.logs:
+                node = self.shared.node_for(node, st, plus)  # a plus entry counts as a lookup
             timeout = ttl
             ino = node.ino or self.inodes.number(node)
             if plus and self.access.logs and self.access.entry(directory.ino, name, ino):

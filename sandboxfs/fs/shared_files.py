@@ -114,14 +114,20 @@ class SharedFiles:
     def __init__(self) -> None:
         self.by_file: dict[tuple[int, int], SharedFile] = {}
 
-    def node_for(self, node: Node, st: os.stat_result | None) -> Node:
-        """The node a lookup should answer for ``node``, whose lstat is ``st``."""
+    def node_for(self, node: Node, st: os.stat_result | None, create: bool = True) -> Node:
+        """The node a lookup should answer for ``node``, whose lstat is ``st``.
+
+        ``create=False`` (a plain listing, which holds nothing): only a shared node
+        that exists already, so that a listed inode number is the one a lookup gives.
+        """
         if (type(node) not in _SHAREABLE or node.writable or node.lookups or st is None
                 or not stat.S_ISREG(st.st_mode)):
             return node
         key = (st.st_dev, st.st_ino)
         shared = self.by_file.get(key)
         if shared is None:
+            if not create:
+                return node
             shared = self.by_file[key] = SharedFile(node, key, self)
         else:
             shared.add_place(node)  # verified by this lookup's lstat

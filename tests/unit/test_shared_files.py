@@ -142,3 +142,19 @@ def test_a_small_file_keeps_its_pages_once_a_second_place_shares_it(host):
     assert not passes_through(b"two", b"inc", b"a.h")  # shared: its pages are kept
     assert passes_through(b"one", b"inc", b"big.bin")
     assert passes_through(b"two", b"inc", b"big.bin")  # 1 MiB and more: always through
+
+
+def test_a_plain_listing_shows_the_shared_number_and_makes_none(host):
+    ops = _ops(host)
+
+    def listed(*path: bytes) -> dict[bytes, int]:
+        fh = ops.opendir(_ino(ops, *path)).fh
+        got: dict[bytes, int] = {}
+        ops.readdir(fh, 0, False, lambda name, entry, offset: got.setdefault(name, entry.ino) > 0)
+        return got
+
+    listed(b"one", b"inc")
+    assert not ops.shared.by_file  # a plain listing holds nothing, so shares nothing
+    shared = _ino(ops, b"one", b"inc", b"a.h")
+    assert listed(b"two", b"inc")[b"a.h"] == shared  # what a lookup there would answer
+    assert ops.inodes[shared].lookups == 1
