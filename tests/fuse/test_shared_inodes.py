@@ -19,6 +19,8 @@ import pytest
 
 from sandboxfs.control.client import Client
 
+from .harness import TRANSPORT
+
 pytestmark = pytest.mark.fuse
 
 
@@ -132,3 +134,21 @@ def test_a_listed_file_shares_its_inode_too(pair):
     ino = os.stat(one / "inc" / "a.h").st_ino
     assert sorted(os.listdir(two / "inc")) == ["a.h", "b.h"]
     assert os.stat(two / "inc" / "a.h").st_ino == ino
+
+
+@pytest.mark.skipif(TRANSPORT != "kernel" or os.geteuid() != 0,
+                    reason="passthrough: our transport, as root")
+def test_a_small_file_passes_through_until_a_second_sandbox_shares_it(pair):
+    """Seen by one sandbox, a small file passes through (no READ reaches us); once a
+    second shares its inode, its pages are kept: one READ, then reopens read none."""
+    client, one, two = pair
+
+    def reads_for(path: Path) -> int:
+        before = client.stats()["fuse_ops"].get("read", 0)
+        assert path.read_bytes() == b"int a;\n"
+        return client.stats()["fuse_ops"].get("read", 0) - before
+
+    assert reads_for(one / "inc" / "a.h") == 0  # one place: passthrough
+    assert reads_for(two / "inc" / "a.h") == 1  # shared now: served, and its pages kept
+    assert reads_for(two / "inc" / "a.h") == 0
+    assert reads_for(one / "inc" / "a.h") == 0
